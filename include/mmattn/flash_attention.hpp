@@ -1,0 +1,63 @@
+#pragma once
+// The global kernel: FlashAttention-2 forward over one sequence, dense or causal. Causal is the
+// window (infinity, 0): key tiles wholly at or below the diagonal are full, the tiles crossing it
+// are masked, and tiles above it are never visited.
+
+#include <algorithm>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/executor.hpp"
+#include "mmattn/kernel/tile_traits.hpp"
+#include "mmattn/kernel/tiled_attention.hpp"
+
+namespace mmattn {
+
+struct GlobalOptions {
+  bool causal = false;
+  // Query row i sits at position query_offset + i; the keys are positions [0, key_tokens).
+  // Chunked prefill passes the chunk's start (the queries are the last rows of the keys).
+  index_t query_offset = 0;
+};
+
+// The block list of global attention, built from the diagonal's arithmetic alone.
+inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOptions& options, TileSizes tiles) {
+  MMATTN_REQUIRE(options.query_offset >= 0,
+                 "query_offset must be non-negative, got " + std::to_string(options.query_offset));
+  MMATTN_REQUIRE(tiles.query > 0 && tiles.key > 0, "tile sizes must be positive");
+  Plan plan;
+  plan.tiles = tiles;
+  plan.query_begin = options.query_offset;
+  plan.query_end = options.query_offset + query_tokens;
+  plan.key_tokens = key_tokens;
+  for (index_t q0 = plan.query_begin; q0 < plan.query_end; q0 += tiles.query) {
+    const TokenRect queries = TokenRect::span(q0, std::min(tiles.query, plan.query_end - q0));
+    QueryTile tile{queries, 0, static_cast<index_t>(plan.blocks.size()), 0, 0};
+    for (index_t k0 = 0; k0 < key_tokens; k0 += tiles.key) {
+      const TokenRect keys = TokenRect::span(k0, std::min(tiles.key, key_tokens - k0));
+      if (options.causal && keys.first() > queries.last()) break;  // above the diagonal
+      KeyBlock block{keys, true, RegionPair::text_text, {}};
+      if (options.causal && keys.last() > queries.first()) {  // crosses the diagonal
+        block.full = false;
+        block.mask.causal = true;
+      }
+      plan.blocks.push_back(block);
+    }
+    tile.block_end = static_cast<index_t>(plan.blocks.size());
+    plan.query_tiles.push_back(tile);
+  }
+  plan.finish();
+  return plan;
+}
+
+// O = softmax(scale * Q K^T [masked]) V for every head. Q/O: [query_tokens, num_heads, head_dim];
+// K/V: [key_tokens, num_kv_heads, head_dim]; lse optional, [query_tokens, num_heads].
+template <class Tiles = DefaultTiles, class TQ, class TK, class TV, class TO>
+void flash_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
+                     const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse = {},
+                     const GlobalOptions& options = {}, const Executor& executor = Executor::default_executor()) {
+  validate_attention(cfg, q, k, v, out, lse);
+  const Plan plan = plan_global(q.tokens, k.tokens, options, Tiles::sizes());
+  kernel::execute_plan(plan, cfg, q, k, v, out, lse, executor);
+}
+
+}  // namespace mmattn

@@ -1,0 +1,122 @@
+#pragma once
+// The one tiled online-softmax loop. Every region kernel (global, causal, windowed 2-D, cross) is
+// this loop over a different list of key blocks: how a block's keys are gathered comes from its
+// TokenRect, how it is masked from its BlockMask, and full blocks skip masking entirely.
+
+#include <Eigen/Core>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/executor.hpp"
+#include "mmattn/kernel/block_mask.hpp"
+#include "mmattn/kernel/online_softmax.hpp"
+#include "mmattn/plan.hpp"
+#include "mmattn/tensor_view.hpp"
+
+namespace mmattn::kernel {
+
+// Per-thread scratch; grows to the largest tile seen and is then reused.
+struct Workspace {
+  std::vector<float> q, k, v, scores, acc, row_max, row_sum;
+  KeyCoords coords;
+
+  void reserve(index_t query_rows, index_t key_rows, index_t dim) {
+    grow(q, query_rows * dim);
+    grow(k, key_rows * dim);
+    grow(v, key_rows * dim);
+    grow(scores, query_rows * key_rows);
+    grow(acc, query_rows * dim);
+    grow(row_max, query_rows);
+    grow(row_sum, query_rows);
+  }
+  static index_t bytes(index_t query_rows, index_t key_rows, index_t dim) {
+    return static_cast<index_t>(sizeof(float)) *
+           (2 * query_rows * dim + 2 * key_rows * dim + query_rows * key_rows + 2 * query_rows);
+  }
+
+ private:
+  static void grow(std::vector<float>& buf, index_t n) {
+    if (static_cast<index_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  }
+};
+
+// Copies the rows of `rect` (positions, shifted by `first_row`) of one head into a dense
+// (rows, dim) float buffer, converting and scaling once per load rather than per product.
+template <class T>
+void load_rows(const TensorView<T>& src, index_t head, const TokenRect& rect, index_t first_row, float scale,
+               float* dst) {
+  const index_t dim = src.head_dim;
+  for (index_t r = 0; r < rect.rows; ++r) {
+    for (index_t c = 0; c < rect.cols; ++c, dst += dim) {
+      const auto* row = src.row(rect.start + r * rect.pitch + c - first_row, head);
+      if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
+        if (src.dim_stride == 1) {
+          Eigen::Map<Eigen::VectorXf>(dst, dim) = Eigen::Map<const Eigen::VectorXf>(row, dim) * scale;
+          continue;
+        }
+      }
+      for (index_t d = 0; d < dim; ++d) dst[d] = static_cast<float>(row[d * src.dim_stride]) * scale;
+    }
+  }
+}
+
+// K or V rows of a block as a (keys, dim) matrix: mapped in place when they already are one
+// (contiguous float rows), gathered into `buffer` otherwise.
+template <class T>
+ConstStridedRowMap key_rows(const TensorView<T>& src, index_t head, const TokenRect& keys, float* buffer) {
+  if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
+    if (keys.contiguous() && src.dim_stride == 1 && (keys.size() == 1 || src.token_stride > 0))
+      return ConstStridedRowMap(src.row(keys.start, head), keys.size(), src.head_dim,
+                                Eigen::OuterStride<>(keys.size() == 1 ? src.head_dim : src.token_stride));
+  }
+  load_rows(src, head, keys, 0, 1.0f, buffer);
+  return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
+}
+
+// Runs one query tile of one head over its key blocks and writes its output rows.
+// Q and O rows are positions - plan.query_begin; K and V rows are positions.
+template <class TQ, class TK, class TV, class TO>
+void attend_tile(const Plan& plan, const QueryTile& tile, index_t head, const AttentionConfig& cfg,
+                 const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<TO>& out,
+                 const LseView& lse, Workspace& ws) {
+  const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
+  ws.reserve(rows, plan.tiles.key, dim);
+  load_rows(q, head, tile.queries, plan.query_begin, cfg.resolved_scale(), ws.q.data());
+  const Eigen::Map<const RowMatrix> q_tile(ws.q.data(), rows, dim);  // (rows, dim), pre-scaled
+  OnlineSoftmax softmax(ws.acc.data(), ws.row_max.data(), ws.row_sum.data(), rows, dim);
+
+  for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
+    const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+    const index_t keys = block.keys.size();
+    const ConstStridedRowMap k_block = key_rows(k, kv_head, block.keys, ws.k.data());  // (keys, dim)
+    const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
+    RowMap scores(ws.scores.data(), rows, keys);                                        // (rows, keys)
+    scores.noalias() = q_tile * k_block.transpose();
+    if (!block.full) apply_block_mask(scores, tile.queries, block.keys, block.mask, ws.coords);
+    softmax.update(scores, v_block);
+  }
+
+  softmax.finalize([&](index_t i, const auto& o_row, float row_lse) {
+    const index_t token = tile.queries.at(i) - plan.query_begin;
+    TO* dst = out.row(token, head);
+    for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o_row[d]);
+    if (lse) lse(token, head) = row_lse;
+  });
+}
+
+// Every (head, query tile) of a plan, costliest tiles first so dynamic scheduling balances FLOPs.
+template <class TQ, class TK, class TV, class TO>
+void execute_plan(const Plan& plan, const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
+                  const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse, const Executor& executor) {
+  const index_t heads = cfg.num_heads;
+  const auto items = static_cast<index_t>(plan.tile_order.size()) * heads;
+  executor.parallel_for(items, [&](index_t item) {
+    thread_local Workspace ws;
+    const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item / heads)])];
+    attend_tile(plan, tile, item % heads, cfg, q, k, v, out, lse, ws);
+  });
+}
+
+}  // namespace mmattn::kernel

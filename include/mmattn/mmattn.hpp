@@ -1,0 +1,11 @@
+#pragma once
+// Umbrella header: the public API, nothing else.
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/config.hpp"
+#include "mmattn/executor.hpp"
+#include "mmattn/flash_attention.hpp"
+#include "mmattn/layout.hpp"
+#include "mmattn/policy.hpp"
+#include "mmattn/reference.hpp"
+#include "mmattn/tensor_view.hpp"

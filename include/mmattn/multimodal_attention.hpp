@@ -1,0 +1,63 @@
+#pragma once
+// The class users call: holds a head config, a sequence layout, region rules and the plan built
+// from them once, and runs exact attention under that mask for any number of layers and calls.
+
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/executor.hpp"
+#include "mmattn/kernel/tile_traits.hpp"
+#include "mmattn/kernel/tiled_attention.hpp"
+#include "mmattn/layout.hpp"
+#include "mmattn/planner.hpp"
+#include "mmattn/policy.hpp"
+
+namespace mmattn {
+
+// T is the element type the runtime stores Q, K, V and O in; forward() also takes other mixes.
+template <class T = float>
+class MultimodalAttention {
+ public:
+  MultimodalAttention(AttentionConfig config, SequenceLayout layout, RegionPolicy policy,
+                      PlanOptions options = {DefaultTiles::sizes()},
+                      Executor executor = Executor::default_executor())
+      : config_(std::move(config)),
+        layout_(std::move(layout)),
+        policy_(std::move(policy)),
+        executor_(std::move(executor)) {
+    config_.validate();
+    plan_ = make_plan(layout_, policy_, options);
+  }
+
+  // Q/O: [plan().num_queries(), num_heads, head_dim] for positions [query_begin, query_end);
+  // K/V: [layout().size(), num_kv_heads, head_dim]; lse optional, [num_queries, num_heads].
+  // Safe to call concurrently on one object: the plan is read-only and scratch is per thread.
+  template <class TQ, class TK, class TV, class TO>
+  void forward(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<TO>& out,
+               const LseView& lse = {}) const {
+    validate_attention(config_, q, k, v, out, lse);
+    MMATTN_REQUIRE(q.tokens == plan_.num_queries(), "q: has " + std::to_string(q.tokens) +
+                                                        " tokens but the plan's query range holds " +
+                                                        std::to_string(plan_.num_queries()));
+    MMATTN_REQUIRE(k.tokens == layout_.size(), "k: has " + std::to_string(k.tokens) + " tokens but the layout holds " +
+                                                   std::to_string(layout_.size()));
+    kernel::execute_plan(plan_, config_, q, k, v, out, lse, executor_);
+  }
+
+  const AttentionConfig& config() const { return config_; }
+  const SequenceLayout& layout() const { return layout_; }
+  const RegionPolicy& policy() const { return policy_; }
+  const Plan& plan() const { return plan_; }
+  MaskPredicate predicate() const { return {&layout_, &policy_}; }
+
+ private:
+  AttentionConfig config_;
+  SequenceLayout layout_;
+  RegionPolicy policy_;
+  Executor executor_;
+  Plan plan_;
+};
+
+}  // namespace mmattn

@@ -1,0 +1,56 @@
+#pragma once
+// The oracle: dense softmax attention under a mask predicate, accumulated in double.
+// Slow and obvious on purpose. Every test checks against it, and a runtime can call it
+// to validate its own results.
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/tensor_view.hpp"
+
+namespace mmattn {
+
+// allowed(query_pos, key_pos) -> bool. Query row i sits at position query_offset + i; key row j at j.
+// Rows with no allowed key get zeros and log-sum-exp = -inf.
+template <class Allowed, class TQ, class TK, class TV, class TO>
+void reference_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
+                         const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse,
+                         const Allowed& allowed, index_t query_offset = 0) {
+  validate_attention(cfg, q, k, v, out, lse);
+  const double scale = cfg.resolved_scale();
+  const index_t d = cfg.head_dim;
+  std::vector<double> scores(static_cast<size_t>(k.tokens));
+  std::vector<double> acc(static_cast<size_t>(d));
+  for (index_t h = 0; h < cfg.num_heads; ++h) {
+    const index_t kvh = cfg.kv_head_of(h);
+    for (index_t i = 0; i < q.tokens; ++i) {
+      double row_max = -std::numeric_limits<double>::infinity();
+      for (index_t j = 0; j < k.tokens; ++j) {
+        if (!allowed(query_offset + i, j)) {
+          scores[j] = -std::numeric_limits<double>::infinity();
+          continue;
+        }
+        double dot = 0;
+        for (index_t c = 0; c < d; ++c) dot += double(float(q(i, h, c))) * double(float(k(j, kvh, c)));
+        scores[j] = dot * scale;
+        row_max = std::max(row_max, scores[j]);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double sum = 0;
+      if (row_max != -std::numeric_limits<double>::infinity()) {
+        for (index_t j = 0; j < k.tokens; ++j) {
+          if (scores[j] == -std::numeric_limits<double>::infinity()) continue;
+          const double p = std::exp(scores[j] - row_max);
+          sum += p;
+          for (index_t c = 0; c < d; ++c) acc[c] += p * double(float(v(j, kvh, c)));
+        }
+      }
+      for (index_t c = 0; c < d; ++c) out(i, h, c) = TO(float(sum > 0 ? acc[c] / sum : 0.0));
+      if (lse) lse(i, h) = float(sum > 0 ? row_max + std::log(sum) : -std::numeric_limits<double>::infinity());
+    }
+  }
+}
+
+}  // namespace mmattn
