@@ -9,6 +9,7 @@
 #include "mmattn/executor.hpp"
 #include "mmattn/kernel/tile_traits.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
+#include "mmattn/planner.hpp"
 
 namespace mmattn {
 
@@ -32,16 +33,7 @@ inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOp
   for (index_t q0 = plan.query_begin; q0 < plan.query_end; q0 += tiles.query) {
     const TokenRect queries = TokenRect::span(q0, std::min(tiles.query, plan.query_end - q0));
     QueryTile tile{queries, 0, static_cast<index_t>(plan.blocks.size()), 0, 0};
-    for (index_t k0 = 0; k0 < key_tokens; k0 += tiles.key) {
-      const TokenRect keys = TokenRect::span(k0, std::min(tiles.key, key_tokens - k0));
-      if (options.causal && keys.first() > queries.last()) break;  // above the diagonal
-      KeyBlock block{keys, true, RegionPair::text_text, {}};
-      if (options.causal && keys.last() > queries.first()) {  // crosses the diagonal
-        block.full = false;
-        block.mask.causal = true;
-      }
-      plan.blocks.push_back(block);
-    }
+    detail::add_span_blocks(queries, 0, key_tokens, RegionPair::text_text, options.causal, tiles.key, plan.blocks);
     tile.block_end = static_cast<index_t>(plan.blocks.size());
     plan.query_tiles.push_back(tile);
   }

@@ -11,6 +11,8 @@
 #include "mmattn/kernel/tile_traits.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
 #include "mmattn/layout.hpp"
+#include "mmattn/plan_report.hpp"
+#include "mmattn/plan_stats.hpp"
 #include "mmattn/planner.hpp"
 #include "mmattn/policy.hpp"
 
@@ -51,6 +53,13 @@ class MultimodalAttention {
   const RegionPolicy& policy() const { return policy_; }
   const Plan& plan() const { return plan_; }
   MaskPredicate predicate() const { return {&layout_, &policy_}; }
+
+  // The plan's allowed / computed pairs per region pair; see plan_stats.hpp.
+  PlanStats stats() const { return plan_stats(plan_, layout_, policy_); }
+  // The readable token-structure analysis and the SVG block map; see plan_report.hpp. `threads`
+  // scales the workspace line to the team that will run forward().
+  std::string report(int threads = 1) const { return plan_report(plan_, layout_, policy_, config_, threads); }
+  std::string svg() const { return plan_svg(plan_, layout_); }
 
  private:
   AttentionConfig config_;

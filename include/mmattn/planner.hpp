@@ -52,12 +52,13 @@ inline PatchShape tile_shape(const Segment& image, index_t tile_rows, ImageTilin
 // rows cut by the boundary become spans.
 inline void clip_rect(const TokenRect& rect, index_t lo, index_t hi, std::vector<TokenRect>& out) {
   if (rect.first() >= lo && rect.last() < hi) return out.push_back(rect);
+  const size_t first_piece = out.size();  // merge only pieces of this rect: a tile never outgrows it
   for (index_t r = 0; r < rect.rows; ++r) {
     const index_t a = std::max(rect.start + r * rect.pitch, lo);
     const index_t b = std::min(rect.start + r * rect.pitch + rect.cols, hi);
     if (a >= b) continue;
     TokenRect piece{a, rect.pitch, 1, b - a};
-    TokenRect* prev = out.empty() ? nullptr : &out.back();
+    TokenRect* prev = out.size() > first_piece ? &out.back() : nullptr;
     const bool extends = prev && prev->cols == piece.cols && prev->pitch == rect.pitch &&
                          prev->start + prev->rows * prev->pitch == piece.start;
     if (extends)
@@ -84,6 +85,26 @@ AxisCover axis_cover(index_t q0, index_t q1, index_t k0, index_t k1, const Windo
   return cover;
 }
 
+// Keys [k_begin, k_end) in spans of at most key_tile. Under causality the keys before the tile's
+// first query are full, the diagonal [first query, last query] is one partial run, and later keys
+// are never listed: cutting at the first query keeps the masked part to one tile-sized triangle.
+inline void add_span_blocks(const TokenRect& q, index_t k_begin, index_t k_end, RegionPair pair, bool causal,
+                            index_t key_tile, std::vector<KeyBlock>& blocks) {
+  const index_t full_end = causal ? std::clamp(q.first(), k_begin, k_end) : k_end;
+  const index_t end = causal ? std::clamp(q.last() + 1, k_begin, k_end) : k_end;
+  for (index_t k0 = k_begin; k0 < end;) {
+    const index_t stop = k0 < full_end ? full_end : end;
+    const TokenRect keys = TokenRect::span(k0, std::min(key_tile, stop - k0));
+    KeyBlock block{keys, true, pair, {}};
+    if (causal && keys.last() > q.first()) {
+      block.full = false;
+      block.mask.causal = true;
+    }
+    blocks.push_back(block);
+    k0 += keys.cols;
+  }
+}
+
 class PlanBuilder {
  public:
   PlanBuilder(const SequenceLayout& layout, const RegionPolicy& policy, Plan& plan)
@@ -102,18 +123,8 @@ class PlanBuilder {
   }
 
  private:
-  // Keys of a whole segment in raster spans; causal keeps those at or before the tile's last query.
   void add_full_blocks(const TokenRect& q, const Segment& keys, RegionPair pair, bool causal) {
-    for (index_t k0 = keys.start; k0 < keys.end(); k0 += plan_.tiles.key) {
-      const TokenRect block = TokenRect::span(k0, std::min(plan_.tiles.key, keys.end() - k0));
-      if (causal && block.first() > q.last()) break;
-      KeyBlock b{block, true, pair, {}};
-      if (causal && block.last() > q.first()) {
-        b.full = false;
-        b.mask.causal = true;
-      }
-      plan_.blocks.push_back(b);
-    }
+    add_span_blocks(q, keys.start, keys.end(), pair, causal, plan_.tiles.key, plan_.blocks);
   }
 
   // Keys of the window union of the tile's queries, cut into rects of at most tiles.key keys.

@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <string>
 #include <type_traits>
 
@@ -103,7 +104,8 @@ inline void require_no_overlap(const char* name, std::array<index_t, 3> extents,
   for (int i : order) {
     if (extents[i] <= 1) continue;
     MMATTN_REQUIRE(strides[i] >= span, std::string(name) + ": strides make elements overlap");
-    span = strides[i] * extents[i];
+    // The last span can exceed the index type even when every offset fits; then no axis follows.
+    if (__builtin_mul_overflow(strides[i], extents[i], &span)) span = std::numeric_limits<index_t>::max();
   }
 }
 

@@ -1,0 +1,312 @@
+#pragma once
+// What a plan looks like to a person choosing a strategy: a plain-text report of the token
+// structure (segments, regions, per region-pair rule, allowed and computed pairs, FLOPs, tiles,
+// workspace) and an SVG block map. Pair counts come from plan_stats(), the rest from the plan and
+// the layout as they are; nothing here plans or evaluates the mask.
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/layout.hpp"
+#include "mmattn/plan.hpp"
+#include "mmattn/plan_stats.hpp"
+#include "mmattn/policy.hpp"
+
+namespace mmattn {
+
+namespace detail {
+
+// printf into a std::string; the report's numbers are short, 64 bytes is plenty, and longer output
+// is still written in full.
+template <class... Args>
+std::string format(const char* fmt, Args... args) {
+  char buf[64];
+  const int n = std::snprintf(buf, sizeof buf, fmt, args...);
+  if (n < 0) return {};
+  if (static_cast<size_t>(n) < sizeof buf) return std::string(buf, static_cast<size_t>(n));
+  std::string out(static_cast<size_t>(n) + 1, '\0');
+  std::snprintf(&out[0], out.size(), fmt, args...);
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+inline std::string percent(double share) { return format("%.1f%%", 100.0 * share); }
+inline std::string percent_of(index_t part, index_t whole) { return whole > 0 ? percent(double(part) / double(whole)) : "-"; }
+
+inline std::string rule_words(const Rule& r) {
+  std::string s;
+  switch (r.access) {
+    case Access::none: return "none";
+    case Access::full: return r.causal ? "causal" : "full";
+    case Access::window: {
+      const Window2D& w = r.window;
+      s = "window " + std::to_string(w.height) + "x" + std::to_string(w.width) +
+          (w.kind == WindowKind::sliding ? " sliding" : " partitioned");
+      if (w.dilation_h != 1 || w.dilation_w != 1)
+        s += " dil " + std::to_string(w.dilation_h) + "x" + std::to_string(w.dilation_w);
+      return r.causal ? s + ", causal" : s;
+    }
+  }
+  return s;
+}
+
+inline std::string segment_label(const SequenceLayout& layout, index_t s) {
+  const Segment& seg = layout.segment(s);
+  if (!seg.is_image()) return "text " + std::to_string(seg.length);
+  index_t image = 0;  // images are numbered in order, text segments do not count
+  for (index_t i = 0; i < s; ++i) image += layout.segment(i).is_image() ? 1 : 0;
+  return "img" + std::to_string(image) + " " + std::to_string(seg.rows) + "x" + std::to_string(seg.cols);
+}
+
+// Fixed-width columns: every cell padded to its column's widest; text left, numbers right.
+class TextTable {
+ public:
+  explicit TextTable(std::vector<bool> right_aligned) : right_(std::move(right_aligned)) {}
+  void row(std::vector<std::string> cells) { rows_.push_back(std::move(cells)); }
+
+  std::string str(const std::string& indent = "  ") const {
+    std::vector<size_t> width(right_.size(), 0);
+    for (const auto& r : rows_)
+      for (size_t c = 0; c < r.size() && c < width.size(); ++c) width[c] = std::max(width[c], r[c].size());
+    std::string out;
+    for (size_t i = 0; i < rows_.size(); ++i) {
+      std::string line = indent;
+      for (size_t c = 0; c < rows_[i].size() && c < width.size(); ++c) {
+        const std::string& cell = rows_[i][c];
+        const std::string pad(width[c] - cell.size(), ' ');
+        line += c ? "  " : "";
+        line += right_[c] ? pad + cell : cell + pad;
+      }
+      while (!line.empty() && line.back() == ' ') line.pop_back();
+      out += line + "\n";
+      if (i == 0 && header_rule_) {  // a dashed rule under the header row
+        std::string rule = indent;
+        for (size_t c = 0; c < width.size(); ++c) rule += (c ? "  " : "") + std::string(width[c], '-');
+        out += rule + "\n";
+      }
+    }
+    return out;
+  }
+  TextTable& with_header_rule() {
+    header_rule_ = true;
+    return *this;
+  }
+
+ private:
+  std::vector<bool> right_;
+  std::vector<std::vector<std::string>> rows_;
+  bool header_rule_ = false;
+};
+
+// Per region pair, how many (query, key) pairs fall in it at all: the dense extent of the pair.
+// For image->same image that is each image's queries times its own tokens, not all image tokens,
+// so the density reads "how much of what this rule could see does it see".
+inline std::array<index_t, kRegionPairs> region_extents(const Plan& plan, const SequenceLayout& layout) {
+  std::array<index_t, kRegionPairs> extent{};
+  for (index_t qs = 0; qs < layout.num_segments(); ++qs) {
+    const Segment& q = layout.segment(qs);
+    const index_t queries = std::min(q.end(), plan.query_end) - std::max(q.start, plan.query_begin);
+    if (queries <= 0) continue;
+    for (index_t ks = 0; ks < layout.num_segments(); ++ks)
+      extent[static_cast<size_t>(region_pair(layout, qs, ks))] += queries * layout.segment(ks).length;
+  }
+  return extent;
+}
+
+// SVG coordinates: one decimal, "12" rather than "12.0", so a map of 200k blocks stays ~10 MB.
+inline std::string svg_num(double v) {
+  std::string s = format("%.1f", v);
+  if (s.size() > 2 && s.compare(s.size() - 2, 2, ".0") == 0) s.resize(s.size() - 2);
+  return s == "-0" ? "0" : s;
+}
+
+}  // namespace detail
+
+// The token-structure analysis to read before choosing a strategy. `threads` only scales the
+// workspace line (one scratch set per thread).
+inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, const RegionPolicy& policy,
+                               const AttentionConfig& config, int threads = 1) {
+  using detail::format;
+  using detail::percent_of;
+  const PlanStats st = plan_stats(plan, layout, policy);
+  const std::array<index_t, kRegionPairs> extent = detail::region_extents(plan, layout);
+  const index_t n = layout.size();
+  std::string out = "mmattn plan report\n";
+
+  out += "\nlayout: " + std::to_string(layout.num_segments()) + " segments, " + std::to_string(n) +
+         " tokens; queries [" + std::to_string(plan.query_begin) + ", " + std::to_string(plan.query_end) +
+         "), keys [0, " + std::to_string(plan.key_tokens) + ")\n";
+  detail::TextTable segs({true, false, false, false, true, false});
+  segs.with_header_rule();
+  segs.row({"#", "segment", "kind", "positions", "tokens", "grid"});
+  for (index_t s = 0; s < layout.num_segments(); ++s) {
+    const Segment& seg = layout.segment(s);
+    segs.row({std::to_string(s), detail::segment_label(layout, s), seg.is_image() ? "image" : "text",
+              "[" + std::to_string(seg.start) + ", " + std::to_string(seg.end()) + ")", std::to_string(seg.length),
+              seg.is_image() ? std::to_string(seg.rows) + "x" + std::to_string(seg.cols) : "-"});
+  }
+  out += segs.str();
+
+  out += "\nregions:\n";
+  detail::TextTable regions({false, true, true, true});
+  regions.with_header_rule();
+  regions.row({"region", "tokens", "of sequence", "queries planned"});
+  regions.row({"image tokens", std::to_string(layout.image_tokens()), percent_of(layout.image_tokens(), n),
+               std::to_string(st.image_query_tokens)});
+  regions.row({"text tokens", std::to_string(layout.text_tokens()), percent_of(layout.text_tokens(), n),
+               std::to_string(st.text_query_tokens)});
+  out += regions.str();
+
+  out += "\nregion pairs (" + std::to_string(config.num_heads) + " heads x head_dim " +
+         std::to_string(config.head_dim) + "; of dense = allowed / (queries x keys), density = allowed / the pair's "
+         "own queries x keys):\n";
+  detail::TextTable pairs({false, false, true, true, true, true, true, true, true});
+  pairs.with_header_rule();
+  pairs.row({"pair", "rule", "allowed", "of dense", "density", "computed", "efficiency", "full/partial", "GFLOP"});
+  for (int i = 0; i < kRegionPairs; ++i) {
+    const auto p = static_cast<RegionPair>(i);
+    const RegionStats& rs = st.region(p);
+    pairs.row({region_pair_name(p), detail::rule_words(policy.rule(p)), std::to_string(rs.allowed_pairs),
+               percent_of(rs.allowed_pairs, st.dense_pairs()), percent_of(rs.allowed_pairs, extent[static_cast<size_t>(i)]),
+               std::to_string(rs.computed_pairs), rs.computed_pairs ? detail::percent(rs.efficiency()) : "-",
+               std::to_string(rs.full_blocks) + "/" + std::to_string(rs.partial_blocks),
+               format("%.3f", 1e-9 * PlanStats::flops(rs.computed_pairs, config))});
+  }
+  out += pairs.str();
+
+  const double dense_flops = PlanStats::flops(st.dense_pairs(), config);
+  const double planned_flops = PlanStats::flops(st.computed_pairs(), config);
+  out += "\ntotals:\n";
+  detail::TextTable totals({false, true, false});
+  totals.row({"allowed pairs", std::to_string(st.allowed_pairs()), "(" + percent_of(st.allowed_pairs(), st.dense_pairs()) + " of dense)"});
+  totals.row({"computed pairs", std::to_string(st.computed_pairs()),
+              "(" + percent_of(st.full_pairs(), st.computed_pairs()) + " in full blocks, no mask work)"});
+  totals.row({"efficiency", detail::percent(st.efficiency()), "(allowed / computed)"});
+  totals.row({"dense GFLOP", format("%.3f", 1e-9 * dense_flops),
+              "(" + std::to_string(st.query_tokens) + " x " + std::to_string(st.key_tokens) + " pairs)"});
+  totals.row({"planned GFLOP", format("%.3f", 1e-9 * planned_flops), "(computed pairs)"});
+  totals.row({"ideal speedup", planned_flops > 0 ? format("%.2fx", dense_flops / planned_flops) : "-",
+              "(dense / planned FLOPs)"});
+  out += totals.str();
+
+  index_t full_blocks = 0;
+  for (const KeyBlock& b : plan.blocks) full_blocks += b.full ? 1 : 0;
+  const index_t per_thread = workspace_bytes_per_thread(plan, config.head_dim);
+  const index_t all_threads = per_thread * std::max(threads, 1);
+  out += "\ntiles:\n";
+  detail::TextTable tiles({false, true, false});
+  tiles.row({"tile sizes", std::to_string(plan.tiles.query) + " x " + std::to_string(plan.tiles.key),
+             "(query rows x keys per block)"});
+  tiles.row({"query tiles", std::to_string(plan.query_tiles.size()), ""});
+  tiles.row({"blocks", std::to_string(plan.blocks.size()),
+             "(" + std::to_string(full_blocks) + " full, " + std::to_string(plan.blocks.size() - size_t(full_blocks)) +
+                 " partial)"});
+  tiles.row({"workspace", std::to_string(all_threads) + " bytes",
+             "(" + std::to_string(per_thread) + " per thread x " + std::to_string(std::max(threads, 1)) + " threads, " +
+                 format("%.2f", double(all_threads) / (1024.0 * 1024.0)) + " MiB)"});
+  out += tiles.str();
+  return out;
+}
+
+// The block map as a standalone SVG: keys along x, queries along y, one rectangle per planned block
+// covering [first, last] of its query tile x [first, last] of its key block. A 2-D patch tile's
+// positions are not contiguous, so these envelopes can overlap one another (and cover pairs no block
+// computes); full blocks are drawn first and partial ones over them, so the picture is deterministic
+// and a partial block is never hidden. Empty space is the grey background.
+inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
+  using detail::svg_num;
+  constexpr double kPlot = 800.0;  // the longer side of the plot area, px
+  constexpr double kLeft = 110.0, kTop = 70.0, kBottom = 66.0, kRight = 60.0;
+  const index_t nq = std::max<index_t>(plan.num_queries(), 1), nk = std::max<index_t>(plan.key_tokens, 1);
+  // Keys always span the full width; a short query range (chunked prefill, decode) keeps a readable height.
+  const double width = kPlot, height = std::clamp(kPlot * double(nq) / double(nk), 120.0, kPlot);
+  const double sx = width / double(nk), sy = height / double(nq);
+  const double total_w = kLeft + width + kRight, total_h = kTop + height + kBottom;
+
+  index_t full = 0, computed = 0;
+  for (const KeyBlock& b : plan.blocks) full += b.full ? 1 : 0;
+  for (const QueryTile& t : plan.query_tiles) computed += t.computed_pairs;
+  const index_t dense = plan.num_queries() * plan.key_tokens;
+
+  std::string out;
+  out.reserve(plan.blocks.size() * 48 + 4096);
+  out += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + svg_num(total_w) + "\" height=\"" + svg_num(total_h) +
+         "\" viewBox=\"0 0 " + svg_num(total_w) + " " + svg_num(total_h) +
+         "\" font-family=\"sans-serif\" font-size=\"11\">\n";
+  out += "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
+  out += "<text x=\"" + svg_num(kLeft) + "\" y=\"18\" font-size=\"13\">mmattn block map: " +
+         std::to_string(plan.num_queries()) + " queries x " + std::to_string(plan.key_tokens) + " keys, " +
+         std::to_string(plan.query_tiles.size()) + " query tiles, " + std::to_string(plan.blocks.size()) + " blocks (" +
+         std::to_string(full) + " full, " + std::to_string(plan.blocks.size() - size_t(full)) + " partial), computed " +
+         detail::percent_of(computed, dense) + " of dense</text>\n";
+  out += "<g transform=\"translate(" + svg_num(kLeft) + "," + svg_num(kTop) + ")\">\n";
+  out += "<rect width=\"" + svg_num(width) + "\" height=\"" + svg_num(height) + "\" fill=\"#eeeeee\"/>\n";
+  auto block_rect = [&](const TokenRect& q, const TokenRect& k) {
+    const double x0 = double(k.first()) * sx, x1 = double(k.last() + 1) * sx;
+    const double y0 = double(q.first() - plan.query_begin) * sy, y1 = double(q.last() + 1 - plan.query_begin) * sy;
+    // At least 0.1 px, so a block narrower than the rounding step still shows.
+    out += "<rect x=\"" + svg_num(x0) + "\" y=\"" + svg_num(y0) + "\" width=\"" + svg_num(std::max(x1 - x0, 0.1)) +
+           "\" height=\"" + svg_num(std::max(y1 - y0, 0.1)) + "\"/>\n";
+  };
+  for (int pass = 0; pass < 2; ++pass) {  // full first, then partial over it
+    const bool want_full = pass == 0;
+    out += std::string("<g fill=\"") + (want_full ? "#2e7d32" : "#f9a825") + "\">\n";
+    for (const QueryTile& t : plan.query_tiles)
+      for (index_t b = t.block_begin; b < t.block_end; ++b) {
+        const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+        if (block.full == want_full) block_rect(t.queries, block.keys);
+      }
+    out += "</g>\n";
+  }
+
+  // Segment boundaries and labels: key segments along the top, query segments down the left.
+  out += "<g stroke=\"#333333\" stroke-width=\"0.5\">\n";
+  for (const Segment& seg : layout.segments()) {
+    if (seg.start > 0 && seg.start < plan.key_tokens)
+      out += "<line x1=\"" + svg_num(double(seg.start) * sx) + "\" y1=\"0\" x2=\"" + svg_num(double(seg.start) * sx) +
+             "\" y2=\"" + svg_num(height) + "\"/>\n";
+    if (seg.start > plan.query_begin && seg.start < plan.query_end) {
+      const std::string y = svg_num(double(seg.start - plan.query_begin) * sy);
+      out += "<line x1=\"0\" y1=\"" + y + "\" x2=\"" + svg_num(width) + "\" y2=\"" + y + "\"/>\n";
+    }
+  }
+  out += "</g>\n<g font-size=\"9\" fill=\"#333333\">\n";
+  for (index_t s = 0; s < layout.num_segments(); ++s) {
+    const Segment& seg = layout.segment(s);
+    const std::string label = detail::segment_label(layout, s);
+    out += "<text x=\"" + svg_num(double(seg.start) * sx + 2) + "\" y=\"-4\" transform=\"rotate(-30 " +
+           svg_num(double(seg.start) * sx + 2) + " -4)\">" + label + "</text>\n";
+    const index_t a = std::max(seg.start, plan.query_begin), b = std::min(seg.end(), plan.query_end);
+    if (a < b)
+      out += "<text x=\"-4\" y=\"" + svg_num(double(a - plan.query_begin) * sy + 9) + "\" text-anchor=\"end\">" +
+             label + "</text>\n";
+  }
+  out += "</g>\n";
+  // Axes: the ranges in positions.
+  out += "<text x=\"0\" y=\"" + svg_num(height + 16) + "\">0</text><text x=\"" + svg_num(width) + "\" y=\"" +
+         svg_num(height + 16) + "\" text-anchor=\"end\">" + std::to_string(plan.key_tokens) + "</text>\n";
+  out += "<text x=\"" + svg_num(width / 2) + "\" y=\"" + svg_num(height + 30) +
+         "\" text-anchor=\"middle\">keys (positions 0.." + std::to_string(plan.key_tokens) + ")</text>\n";
+  out += "<text x=\"-4\" y=\"" + svg_num(height) + "\" text-anchor=\"end\">" + std::to_string(plan.query_end) +
+         "</text>\n";
+  out += "<text x=\"-" + svg_num(kLeft - 14) + "\" y=\"" + svg_num(height / 2) + "\" transform=\"rotate(-90 -" +
+         svg_num(kLeft - 14) + " " + svg_num(height / 2) + ")\" text-anchor=\"middle\">queries (positions " +
+         std::to_string(plan.query_begin) + ".." + std::to_string(plan.query_end) + ")</text>\n";
+  // Legend, under the key axis.
+  const char* legend[3][2] = {{"#2e7d32", "full"}, {"#f9a825", "partial"}, {"#eeeeee", "empty"}};
+  for (int i = 0; i < 3; ++i) {
+    const double x = 90.0 * i, y = height + 44;
+    out += "<rect x=\"" + svg_num(x) + "\" y=\"" + svg_num(y) + "\" width=\"12\" height=\"12\" fill=\"" + legend[i][0] +
+           "\" stroke=\"#555555\" stroke-width=\"0.5\"/>";
+    out += "<text x=\"" + svg_num(x + 16) + "\" y=\"" + svg_num(y + 10) + "\">" + legend[i][1] + "</text>\n";
+  }
+  out += "</g>\n</svg>\n";
+  return out;
+}
+
+}  // namespace mmattn

@@ -1,0 +1,582 @@
+// Property tests of make_plan over hundreds of random layouts, policies, tile sizes, image tilings
+// and query ranges: every property is checked against the predicate allowed(q, k) pair by pair.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "mmattn/kernel/block_mask.hpp"
+#include "mmattn/multimodal_attention.hpp"
+#include "mmattn/plan_stats.hpp"
+#include "mmattn/planner.hpp"
+#include "test_util.hpp"
+
+namespace mmattn::test {
+namespace {
+
+// ---- Random cases -------------------------------------------------------------------------------
+
+// Debug + sanitizer builds are ~20x slower: the same 400 cases over the same families and axes, with
+// somewhat shorter sequences (about 3 s there, 0.3 s optimised).
+constexpr int kCases = 400;
+constexpr index_t kMaxSegments = kSlowBuild ? 5 : 6;
+constexpr index_t kMaxSide = kSlowBuild ? 9 : 11;
+constexpr index_t kMaxText = kSlowBuild ? 20 : 24;
+
+struct Case {
+  std::uint32_t seed = 0;
+  std::string family;
+  SequenceLayout layout;
+  RegionPolicy policy;
+  PlanOptions options;
+};
+
+const char* access_name(Access a) { return a == Access::none ? "none" : a == Access::full ? "full" : "window"; }
+const char* tiling_name(ImageTiling t) {
+  return t == ImageTiling::automatic ? "automatic" : t == ImageTiling::row_strips ? "row_strips" : "patches";
+}
+
+std::string describe(const Case& c) {
+  std::ostringstream s;
+  s << "seed=" << c.seed << " family=" << c.family << "\n  layout:";
+  for (const Segment& seg : c.layout.segments())
+    s << (seg.is_image() ? " I" + std::to_string(seg.rows) + "x" + std::to_string(seg.cols)
+                         : " T" + std::to_string(seg.length));
+  s << " (" << c.layout.size() << " tokens)\n  rules:";
+  for (int i = 0; i < kRegionPairs; ++i) {
+    const Rule& r = c.policy.rule(static_cast<RegionPair>(i));
+    s << " [" << region_pair_name(static_cast<RegionPair>(i)) << ": " << access_name(r.access);
+    if (r.access == Access::window)
+      s << (r.window.kind == WindowKind::sliding ? " sliding " : " partitioned ") << r.window.height << "x"
+        << r.window.width << " dil " << r.window.dilation_h << "x" << r.window.dilation_w;
+    if (r.causal) s << " causal";
+    s << "]";
+  }
+  s << "\n  tiles " << c.options.tiles.query << "x" << c.options.tiles.key << ", tiling "
+    << tiling_name(c.options.image_tiling) << ", queries [" << c.options.query_begin << ", " << c.options.query_end
+    << ")";
+  return s.str();
+}
+
+index_t uniform(std::mt19937& gen, index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(gen); }
+
+SequenceLayout random_layout(std::mt19937& gen) {
+  SequenceLayout layout;
+  const index_t segments = uniform(gen, 1, kMaxSegments);
+  for (index_t i = 0; i < segments; ++i) {
+    switch (uniform(gen, 0, 5)) {
+      case 0:
+      case 1:
+      case 2: layout.add_image(uniform(gen, 1, kMaxSide), uniform(gen, 1, kMaxSide)); break;  // non-square
+      case 3: layout.add_image(uniform(gen, 1, 3), uniform(gen, 1, 3)); break;                 // smaller than windows
+      default: layout.add_text(uniform(gen, 1, kMaxText)); break;
+    }
+  }
+  return layout;
+}
+
+Window2D random_window(std::mt19937& gen) {
+  const index_t sizes[] = {1, 3, 5, 7, 9};
+  if (gen() % 2) {
+    return Window2D::sliding(sizes[uniform(gen, 0, 4)], sizes[uniform(gen, 0, 4)], uniform(gen, 1, 3),
+                             uniform(gen, 1, 3));
+  }
+  Window2D w = Window2D::partitioned(uniform(gen, 1, 8), uniform(gen, 1, 8));
+  if (gen() % 4 == 0) w.dilation_h = uniform(gen, 1, 3), w.dilation_w = uniform(gen, 1, 3);  // accepted input
+  return w;
+}
+
+Rule random_rule(std::mt19937& gen, RegionPair pair) {
+  const index_t choices = pair == RegionPair::image_same_image ? 5 : 3;
+  switch (uniform(gen, 0, choices - 1)) {
+    case 0: return Rule::none();
+    case 1: return Rule::full();
+    case 2: return Rule::causal_full();
+    case 3: return Rule::windowed(random_window(gen));
+    default: return Rule::windowed(random_window(gen)).and_causal();
+  }
+}
+
+RegionPolicy random_policy(std::mt19937& gen, std::string& family) {
+  switch (uniform(gen, 0, 8)) {
+    case 0: family = "decoder_causal"; return RegionPolicy::decoder_causal();
+    case 1: family = "structured"; return RegionPolicy::structured(random_window(gen));
+    case 2: {
+      family = "structured+causal window";
+      RegionPolicy p = RegionPolicy::structured();
+      p.set(RegionPair::image_same_image, Rule::windowed(random_window(gen)).and_causal());
+      return p;
+    }
+    case 3: family = "bidirectional_images"; return RegionPolicy::bidirectional_images();
+    case 4: family = "qwen25vl_window"; return RegionPolicy::qwen25vl_window(uniform(gen, 1, 9));
+    case 5: family = "dense"; return RegionPolicy::dense();
+    default: {
+      family = "random rules";
+      RegionPolicy p;
+      for (int i = 0; i < kRegionPairs; ++i) p.set(static_cast<RegionPair>(i), random_rule(gen, static_cast<RegionPair>(i)));
+      return p;
+    }
+  }
+}
+
+index_t random_tile(std::mt19937& gen) {
+  const index_t sizes[] = {1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 64, 128};
+  return gen() % 3 ? sizes[uniform(gen, 0, 11)] : uniform(gen, 1, 40);
+}
+
+Case random_case(std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  Case c;
+  c.seed = seed;
+  c.layout = random_layout(gen);
+  c.policy = random_policy(gen, c.family);
+  c.options.tiles = {random_tile(gen), random_tile(gen)};
+  c.options.image_tiling = static_cast<ImageTiling>(uniform(gen, 0, 2));
+  const index_t n = c.layout.size();
+  switch (uniform(gen, 0, 3)) {
+    case 0:
+    case 1: break;  // every query
+    case 2: c.options.query_begin = uniform(gen, 0, n - 1); break;  // a suffix (query_end = -1)
+    default:
+      c.options.query_begin = uniform(gen, 0, n - 1);
+      c.options.query_end = uniform(gen, c.options.query_begin + 1, n);
+  }
+  return c;
+}
+
+// ---- The checker --------------------------------------------------------------------------------
+
+// Which pairs a partial block's mask keeps, written from BlockMask's fields: the window per axis in
+// the image's grid, then causality.
+bool mask_keeps(const BlockMask& m, index_t q, index_t k) {
+  if (m.causal && k > q) return false;
+  if (!m.window) return true;
+  const index_t qo = q - m.image_start, ko = k - m.image_start;
+  return m.shape.row_window(qo / m.grid_cols, m.grid_rows).contains(ko / m.grid_cols) &&
+         m.shape.col_window(qo % m.grid_cols, m.grid_cols).contains(ko % m.grid_cols);
+}
+
+// Failures by property letter: how many cases failed it and the first message.
+struct Failures {
+  std::map<char, std::pair<int, std::string>> by_property;
+  void add(char property, const std::string& what) {
+    auto& [count, first] = by_property[property];
+    if (count++ == 0) first = what;
+  }
+};
+
+class PlanChecker {
+ public:
+  PlanChecker(const Case& c, const Plan& plan) : c_(c), plan_(plan), n_(c.layout.size()) {
+    qb_ = plan.query_begin;
+    nq_ = plan.query_end - plan.query_begin;
+    allowed_.resize(static_cast<size_t>(nq_ * n_));
+    for (index_t q = qb_; q < plan.query_end; ++q)
+      for (index_t k = 0; k < n_; ++k) allowed_[idx(q, k)] = allowed(c.layout, c.policy, q, k);
+  }
+
+  // Records at most one failure per property for this case.
+  void run(Failures& failures) {
+    std::map<char, std::string> first;
+    auto fail = [&](char p, const std::string& what) {
+      if (!first.count(p)) first[p] = what;
+    };
+    check_structure(fail);
+    if (!first.count('s')) {  // the rest indexes through the structure
+      check_queries(fail);
+      check_blocks(fail);
+      check_stats(fail);
+      check_order(fail);
+    }
+    for (const auto& [p, what] : first) failures.add(p, what + "\n  " + describe(c_));
+  }
+
+ private:
+  size_t idx(index_t q, index_t k) const { return static_cast<size_t>((q - qb_) * n_ + k); }
+  bool ok(index_t q, index_t k) const { return allowed_[idx(q, k)] != 0; }
+
+  template <class Fail>
+  void check_structure(Fail& fail) {
+    const Plan& p = plan_;
+    if (p.query_begin != c_.options.query_begin) fail('s', "query_begin differs from the options");
+    const index_t want_end = c_.options.query_end < 0 ? n_ : c_.options.query_end;
+    if (p.query_end != want_end) fail('s', "query_end " + std::to_string(p.query_end));
+    if (p.key_tokens != n_) fail('s', "key_tokens " + std::to_string(p.key_tokens));
+    if (p.tiles.query != c_.options.tiles.query || p.tiles.key != c_.options.tiles.key) fail('s', "tiles differ");
+    index_t next_block = 0;
+    for (size_t t = 0; t < p.query_tiles.size(); ++t) {
+      const QueryTile& tile = p.query_tiles[t];
+      if (tile.block_begin != next_block || tile.block_end < tile.block_begin ||
+          tile.block_end > static_cast<index_t>(p.blocks.size()))
+        fail('s', "tile " + std::to_string(t) + " block range [" + std::to_string(tile.block_begin) + ", " +
+                      std::to_string(tile.block_end) + ") does not continue the previous tile's");
+      next_block = tile.block_end;
+      if (!rect_ok(tile.queries, qb_, p.query_end)) fail('s', "tile " + std::to_string(t) + " queries malformed");
+    }
+    if (next_block != static_cast<index_t>(p.blocks.size())) fail('s', "blocks not covered by tiles");
+    for (size_t b = 0; b < p.blocks.size(); ++b)
+      if (!rect_ok(p.blocks[b].keys, 0, n_)) fail('s', "block " + std::to_string(b) + " keys malformed");
+  }
+
+  static bool rect_ok(const TokenRect& r, index_t lo, index_t hi) {
+    if (r.rows < 1 || r.cols < 1) return false;
+    if (r.rows > 1 && r.pitch < r.cols) return false;
+    return r.first() >= lo && r.last() < hi;
+  }
+
+  // (a) tiles partition the query range; (e) query tiles within size; tiles lie in their segment.
+  template <class Fail>
+  void check_queries(Fail& fail) {
+    std::vector<int> seen(static_cast<size_t>(nq_), 0);
+    for (size_t t = 0; t < plan_.query_tiles.size(); ++t) {
+      const QueryTile& tile = plan_.query_tiles[t];
+      if (tile.queries.size() > plan_.tiles.query)
+        fail('e', "query tile " + std::to_string(t) + " holds " + std::to_string(tile.queries.size()) +
+                      " queries > tiles.query " + std::to_string(plan_.tiles.query) + " (start " +
+                      std::to_string(tile.queries.start) + ", " + std::to_string(tile.queries.rows) + "x" +
+                      std::to_string(tile.queries.cols) + ", pitch " + std::to_string(tile.queries.pitch) + ")");
+      for (index_t i = 0; i < tile.queries.size(); ++i) {
+        const index_t q = tile.queries.at(i);
+        ++seen[static_cast<size_t>(q - qb_)];
+        if (c_.layout.segment_index(q) != tile.segment)
+          fail('a', "query " + std::to_string(q) + " is not in its tile's segment " + std::to_string(tile.segment));
+      }
+    }
+    for (index_t q = qb_; q < plan_.query_end; ++q)
+      if (seen[static_cast<size_t>(q - qb_)] != 1)
+        fail('a', "query " + std::to_string(q) + " is in " + std::to_string(seen[static_cast<size_t>(q - qb_)]) +
+                      " tiles");
+  }
+
+  // (b) full blocks hold only allowed pairs; (c) allowed pairs in exactly one block of their tile;
+  // (d) no empty block; (e) key blocks within size; (f) partial masks reproduce the predicate,
+  // both as written in BlockMask and as the kernel applies it; regions are the keys' region.
+  template <class Fail>
+  void check_blocks(Fail& fail) {
+    std::vector<int> key_count(static_cast<size_t>(n_));
+    std::vector<float> scores;
+    kernel::KeyCoords coords;
+    for (size_t t = 0; t < plan_.query_tiles.size(); ++t) {
+      const QueryTile& tile = plan_.query_tiles[t];
+      const TokenRect& qs = tile.queries;
+      std::fill(key_count.begin(), key_count.end(), 0);
+      for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
+        const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
+        const TokenRect& ks = block.keys;
+        const std::string where = "tile " + std::to_string(t) + " (queries " + std::to_string(qs.first()) + ".." +
+                                  std::to_string(qs.last()) + ") block " + std::to_string(b) + " (keys " +
+                                  std::to_string(ks.first()) + ".." + std::to_string(ks.last()) + ", " +
+                                  (block.full ? "full" : "partial") + ")";
+        if (ks.size() > plan_.tiles.key)
+          fail('e', where + " holds " + std::to_string(ks.size()) + " keys > tiles.key");
+        const index_t key_segment = c_.layout.segment_index(ks.first());
+        if (region_pair(c_.layout, tile.segment, key_segment) != block.region)
+          fail('g', where + " region tag is " + region_pair_name(block.region));
+        if (!block.full && !block.mask.window && !block.mask.causal)
+          fail('f', where + " is partial but its mask has neither window nor causal");
+
+        if (!block.full) {  // the kernel's own masking of this block, on a zero score tile
+          scores.assign(static_cast<size_t>(qs.size() * ks.size()), 0.0f);
+          kernel::RowMap map(scores.data(), qs.size(), ks.size());
+          kernel::apply_block_mask(map, qs, ks, block.mask, coords);
+        }
+        index_t allowed_pairs = 0;
+        for (index_t j = 0; j < ks.size(); ++j) {
+          const index_t k = ks.at(j);
+          ++key_count[static_cast<size_t>(k)];
+          if (c_.layout.segment_index(k) != key_segment) fail('g', where + " spans two key segments");
+          for (index_t i = 0; i < qs.size(); ++i) {
+            const index_t q = qs.at(i);
+            const bool a = ok(q, k);
+            allowed_pairs += a;
+            const std::string pair = where + " pair (q " + std::to_string(q) + ", k " + std::to_string(k) + ")";
+            if (block.full && !a) fail('b', pair + " is in a full block but not allowed");
+            if (!block.full) {
+              if (mask_keeps(block.mask, q, k) != a) fail('f', pair + ": BlockMask gives " + std::to_string(!a));
+              const bool kernel_keeps = scores[static_cast<size_t>(i * ks.size() + j)] == 0.0f;
+              if (kernel_keeps != a) fail('f', pair + ": kernel mask gives " + std::to_string(kernel_keeps));
+            }
+          }
+        }
+        if (allowed_pairs == 0) fail('d', where + " has no allowed pair");
+      }
+      for (index_t i = 0; i < qs.size(); ++i) {
+        const index_t q = qs.at(i);
+        for (index_t k = 0; k < n_; ++k) {
+          const int count = key_count[static_cast<size_t>(k)];
+          if (ok(q, k) && count != 1)
+            fail('c', "allowed pair (q " + std::to_string(q) + ", k " + std::to_string(k) + ") is in " +
+                          std::to_string(count) + " blocks of tile " + std::to_string(t));
+        }
+      }
+    }
+  }
+
+  // (g) plan_stats against brute force.
+  template <class Fail>
+  void check_stats(Fail& fail) {
+    const PlanStats st = plan_stats(plan_, c_.layout, c_.policy);
+    std::array<index_t, kRegionPairs> allowed_by{}, computed_by{}, full_by{}, full_blocks{}, partial_blocks{},
+        query_tokens{};
+    index_t image_queries = 0;
+    for (index_t q = qb_; q < plan_.query_end; ++q) {
+      const index_t qs = c_.layout.segment_index(q);
+      image_queries += c_.layout.segment(qs).is_image();
+      std::array<bool, kRegionPairs> meets{};
+      for (index_t k = 0; k < n_; ++k) {
+        const auto pair = static_cast<size_t>(region_pair(c_.layout, qs, c_.layout.segment_index(k)));
+        meets[pair] = true;
+        allowed_by[pair] += ok(q, k);
+      }
+      for (int p = 0; p < kRegionPairs; ++p) query_tokens[static_cast<size_t>(p)] += meets[static_cast<size_t>(p)];
+    }
+    index_t computed_total = 0;
+    for (const QueryTile& tile : plan_.query_tiles)
+      for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
+        const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
+        const auto pair = static_cast<size_t>(block.region);
+        const index_t pairs = tile.queries.size() * block.keys.size();
+        computed_by[pair] += pairs;
+        computed_total += pairs;
+        (block.full ? full_blocks : partial_blocks)[pair] += 1;
+        if (block.full) full_by[pair] += pairs;
+      }
+    index_t allowed_total = 0;
+    for (int p = 0; p < kRegionPairs; ++p) {
+      const auto i = static_cast<size_t>(p);
+      const RegionStats& rs = st.regions[i];
+      const std::string region = region_pair_name(static_cast<RegionPair>(p));
+      auto expect = [&](const char* field, index_t got, index_t want) {
+        if (got != want)
+          fail('g', region + " " + field + " = " + std::to_string(got) + ", brute force " + std::to_string(want));
+      };
+      expect("allowed_pairs", rs.allowed_pairs, allowed_by[i]);
+      expect("computed_pairs", rs.computed_pairs, computed_by[i]);
+      expect("full_pairs", rs.full_pairs, full_by[i]);
+      expect("full_blocks", rs.full_blocks, full_blocks[i]);
+      expect("partial_blocks", rs.partial_blocks, partial_blocks[i]);
+      expect("query_tokens", rs.query_tokens, query_tokens[i]);
+      allowed_total += allowed_by[i];
+    }
+    if (st.allowed_pairs() != allowed_total) fail('g', "allowed_pairs() total");
+    if (st.computed_pairs() != computed_total) fail('g', "computed_pairs() total");
+    if (st.query_tokens != nq_ || st.key_tokens != n_) fail('g', "query/key token counts");
+    if (st.image_query_tokens != image_queries || st.text_query_tokens != nq_ - image_queries)
+      fail('g', "image/text query token counts");
+  }
+
+  // (h) tile_order is a permutation by descending computed_pairs, which are queries x keys.
+  template <class Fail>
+  void check_order(Fail& fail) {
+    const auto tiles = plan_.query_tiles.size();
+    if (plan_.tile_order.size() != tiles) return fail('h', "tile_order has the wrong length");
+    std::vector<int> seen(tiles, 0);
+    for (const index_t t : plan_.tile_order) {
+      if (t < 0 || static_cast<size_t>(t) >= tiles) return fail('h', "tile_order entry out of range");
+      ++seen[static_cast<size_t>(t)];
+    }
+    if (std::count(seen.begin(), seen.end(), 1) != static_cast<long>(tiles)) fail('h', "tile_order is no permutation");
+    for (size_t t = 0; t < tiles; ++t) {
+      const QueryTile& tile = plan_.query_tiles[t];
+      index_t pairs = 0;
+      for (index_t b = tile.block_begin; b < tile.block_end; ++b)
+        pairs += tile.queries.size() * plan_.blocks[static_cast<size_t>(b)].keys.size();
+      if (pairs != tile.computed_pairs) fail('h', "tile " + std::to_string(t) + " computed_pairs is wrong");
+    }
+    for (size_t i = 1; i < tiles; ++i)
+      if (plan_.query_tiles[static_cast<size_t>(plan_.tile_order[i - 1])].computed_pairs <
+          plan_.query_tiles[static_cast<size_t>(plan_.tile_order[i])].computed_pairs)
+        fail('h', "tile_order is not by descending computed_pairs at " + std::to_string(i));
+  }
+
+  const Case& c_;
+  const Plan& plan_;
+  index_t n_, qb_ = 0, nq_ = 0;
+  std::vector<char> allowed_;
+};
+
+const char* property_name(char p) {
+  switch (p) {
+    case 's': return "plan structure (ranges, rects, block ranges)";
+    case 'a': return "(a) query tiles partition the query range";
+    case 'b': return "(b) full blocks hold only allowed pairs";
+    case 'c': return "(c) every allowed pair in exactly one block of its tile";
+    case 'd': return "(d) no empty block";
+    case 'e': return "(e) tile and block sizes";
+    case 'f': return "(f) partial masks reproduce the predicate";
+    case 'g': return "(g) plan_stats and region tags";
+    case 'h': return "(h) tile_order and tile costs";
+  }
+  return "?";
+}
+
+TEST(Planner, PropertiesOverRandomLayoutsPoliciesTilesAndRanges) {
+  Failures failures;
+  int planned = 0;
+  std::map<std::string, int> families;
+  for (int i = 0; i < kCases; ++i) {
+    const Case c = random_case(0x5eed0000u + static_cast<std::uint32_t>(i));
+    Plan plan;
+    const std::string err = error_message([&] { plan = make_plan(c.layout, c.policy, c.options); });
+    if (err != "<no exception>") {
+      failures.add('x', "make_plan threw: " + err + "\n  " + describe(c));
+      continue;
+    }
+    ++planned;
+    ++families[c.family];
+    PlanChecker(c, plan).run(failures);
+  }
+  EXPECT_EQ(planned, kCases);
+  for (const auto& [family, count] : families) EXPECT_GT(count, 10) << family;  // every family was drawn
+  for (const auto& [p, entry] : failures.by_property)
+    ADD_FAILURE() << (p == 'x' ? "make_plan" : property_name(p)) << ": failed in " << entry.first << " of " << kCases
+                  << " cases; first:\n  " << entry.second;
+}
+
+// The same properties over hand-picked corners: 1 x 1 images, tiles of 1, windows of 1, a range of one
+// query, and grids exactly a tile or a window wide.
+TEST(Planner, PropertiesOnCorners) {
+  std::vector<Case> cases;
+  auto add = [&](SequenceLayout layout, RegionPolicy policy, TileSizes tiles, ImageTiling tiling, index_t qb = 0,
+                 index_t qe = -1) {
+    Case c;
+    c.family = "corner " + std::to_string(cases.size());
+    c.layout = std::move(layout);
+    c.policy = std::move(policy);
+    c.options = {tiles, tiling, qb, qe};
+    cases.push_back(std::move(c));
+  };
+  const ImageTiling tilings[] = {ImageTiling::automatic, ImageTiling::row_strips, ImageTiling::patches};
+  for (const ImageTiling t : tilings) {
+    SequenceLayout one;
+    one.add_image(1, 1);
+    add(one, RegionPolicy::structured(Window2D::sliding(7, 7)), {1, 1}, t);
+    add(one, RegionPolicy::dense(), {64, 128}, t);
+    SequenceLayout mixed;
+    mixed.add_text(1).add_image(8, 8).add_text(3).add_image(3, 8).add_image(1, 9).add_text(2);
+    const index_t n = mixed.size();
+    for (const RegionPolicy& p :
+         {RegionPolicy::structured(Window2D::sliding(1, 1)), RegionPolicy::structured(Window2D::sliding(3, 3, 3, 3)),
+          RegionPolicy::qwen25vl_window(8), RegionPolicy::decoder_causal(), RegionPolicy::bidirectional_images()}) {
+      add(mixed, p, {1, 1}, t);
+      add(mixed, p, {8, 8}, t);
+      add(mixed, p, {64, 9}, t);
+      add(mixed, p, {7, 128}, t, 20, 21);  // one query, inside the first image
+      add(mixed, p, {5, 3}, t, n - 1);     // decode: the last token only
+      add(mixed, p, {16, 16}, t, 30, 60);  // a chunk cutting image rows
+    }
+  }
+  Failures failures;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(describe(c));
+    Plan plan;
+    ASSERT_NO_THROW(plan = make_plan(c.layout, c.policy, c.options));
+    PlanChecker(c, plan).run(failures);
+  }
+  for (const auto& [p, entry] : failures.by_property)
+    ADD_FAILURE() << property_name(p) << ": failed in " << entry.first << " of " << cases.size()
+                  << " cases; first:\n  " << entry.second;
+}
+
+// The smallest case of (e): a query range ending inside an image's second row strip. The strip's
+// whole first row is merged into the preceding (whole) strip, giving a tile of 6 > 4 queries.
+TEST(Planner, QueryRangeCuttingAStripKeepsTilesWithinTheQueryTileSize) {
+  SequenceLayout layout;
+  layout.add_image(4, 2);  // strips of 2 rows x 2 cols at tiles.query = 4
+  PlanOptions options;
+  options.tiles = {4, 8};
+  options.image_tiling = ImageTiling::row_strips;
+  options.query_end = 7;
+  const Plan plan = make_plan(layout, RegionPolicy::dense(), options);
+  for (const QueryTile& tile : plan.query_tiles)
+    EXPECT_LE(tile.queries.size(), options.tiles.query)
+        << "tile at " << tile.queries.start << ": " << tile.queries.rows << "x" << tile.queries.cols;
+  EXPECT_LE(plan.max_query_tile(), options.tiles.query);
+}
+
+TEST(Planner, BadInputIsRefusedWithAMessage) {
+  SequenceLayout layout;
+  layout.add_text(3).add_image(2, 3).add_text(4);  // 13 tokens
+  const RegionPolicy policy = RegionPolicy::structured(Window2D::sliding(3, 3));
+  auto plan_error = [&](PlanOptions o) { return error_message([&] { make_plan(layout, policy, o); }); };
+  PlanOptions o;
+  o.tiles = {0, 8};
+  std::string m = plan_error(o);
+  EXPECT_TRUE(contains(m, "tile sizes must be positive, got 0 x 8")) << m;
+  o.tiles = {8, 0};
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "tile sizes must be positive, got 8 x 0")) << m;
+  o.tiles = {-4, 8};
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "tile sizes must be positive")) << m;
+
+  o = {};
+  o.query_begin = 5, o.query_end = 5;  // empty
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "query range [5, 5) must be a non-empty part of [0, 13)")) << m;
+  o.query_begin = 6, o.query_end = 4;  // reversed
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "query range [6, 4)")) << m;
+  o.query_begin = 13, o.query_end = -1;  // begins at the end: empty
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "query range [13, 13)")) << m;
+  o.query_begin = -1, o.query_end = 4;  // before the layout
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "query range [-1, 4)")) << m;
+  o.query_begin = 2, o.query_end = 14;  // past the layout
+  m = plan_error(o);
+  EXPECT_TRUE(contains(m, "query range [2, 14) must be a non-empty part of [0, 13)")) << m;
+
+  // The class refuses the same options when it is built.
+  PlanOptions bad;
+  bad.tiles = {0, 0};
+  m = error_message([&] { MultimodalAttention<float>(make_config(2, 1, 8), layout, policy, bad); });
+  EXPECT_TRUE(contains(m, "tile sizes must be positive")) << m;
+  bad = {};
+  bad.query_begin = 20;
+  m = error_message([&] { MultimodalAttention<float>(make_config(2, 1, 8), layout, policy, bad); });
+  EXPECT_TRUE(contains(m, "query range [20, 13)")) << m;
+}
+
+// The plan is made once and reused: several "layers" with different Q/K/V through one object each
+// match the reference, and the plan itself does not change.
+TEST(Planner, PlanIsReusedAcrossLayers) {
+  SequenceLayout layout;
+  layout.add_text(5).add_image(6, 7).add_text(4).add_image(4, 5).add_text(9);
+  const AttentionConfig cfg = make_config(4, 2, 24);
+  PlanOptions options;
+  options.tiles = {16, 24};
+  options.query_begin = 3;
+  const MultimodalAttention<float> mm(cfg, layout, RegionPolicy::structured(Window2D::sliding(3, 5)), options);
+  const Plan before = mm.plan();
+  const index_t nq = mm.plan().num_queries(), n = layout.size();
+  for (std::uint32_t layer = 0; layer < 4; ++layer) {
+    SCOPED_TRACE("layer " + std::to_string(layer));
+    const Buffers b = make_qkv(cfg, nq, n, 7001 + 97 * layer);
+    Tensor out(nq, cfg.num_heads, cfg.head_dim);  // NaN until written
+    Lse lse(nq, cfg.num_heads);
+    mm.forward(b.q.cview(), b.k.cview(), b.v.cview(), out.view, lse.view);
+    const Result ref = run_reference(cfg, b, mm.predicate(), mm.plan().query_begin);
+    EXPECT_LE(max_relative_error(out, ref.out), 1e-5);
+    EXPECT_LE(max_lse_error(lse, ref.lse), 1e-5);
+  }
+  const Plan& after = mm.plan();
+  ASSERT_EQ(after.blocks.size(), before.blocks.size());
+  ASSERT_EQ(after.query_tiles.size(), before.query_tiles.size());
+  EXPECT_EQ(after.tile_order, before.tile_order);
+  for (size_t i = 0; i < before.blocks.size(); ++i) {
+    EXPECT_EQ(after.blocks[i].keys.start, before.blocks[i].keys.start);
+    EXPECT_EQ(after.blocks[i].keys.size(), before.blocks[i].keys.size());
+    EXPECT_EQ(after.blocks[i].full, before.blocks[i].full);
+  }
+}
+
+}  // namespace
+}  // namespace mmattn::test

@@ -1,0 +1,344 @@
+// Bad input: each case must throw mmattn::Error, name the problem in its message, and leave the
+// output and log-sum-exp buffers exactly as they were (nothing is written before validation).
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+
+#include "mmattn/flash_attention.hpp"
+#include "mmattn/reference.hpp"
+#include "test_util.hpp"
+
+namespace mmattn::test {
+namespace {
+
+constexpr float kSentinel = 42.0f;
+constexpr index_t kHuge = std::numeric_limits<index_t>::max() / 2 + 1;  // 2 x kHuge overflows
+
+// A valid call (4 heads, 2 kv heads, head_dim 16, 5 queries, 7 keys) that each test breaks in one way.
+struct Call {
+  AttentionConfig cfg = make_config(4, 2, 16);
+  Buffers b = make_qkv(cfg, 5, 7, 1);
+  Tensor out{5, 4, 16, Storage::padded_tokens};  // padding NaN, elements the sentinel
+  Lse lse{5, 4};
+  TensorView<const float> q = b.q.cview(), k = b.k.cview(), v = b.v.cview();
+  TensorView<float> o = out.view;
+  LseView l = lse.view;
+  GlobalOptions options;
+
+  Call() {
+    fill_value(out.view, kSentinel);
+    for (float& x : lse.storage) x = kSentinel;
+  }
+
+  void flash() const { flash_attention(cfg, q, k, v, o, l, options, Executor::serial()); }
+  void reference() const { reference_attention(cfg, q, k, v, o, l, AllKeys{}); }
+};
+
+// Checks both entry points (they share validate_attention) unless only flash applies.
+void expect_rejected(const Call& c, const std::string& needle, bool reference_too = true) {
+  const std::vector<float> out_before = c.out.storage, lse_before = c.lse.storage;
+  const std::string flash_msg = error_message([&] { c.flash(); });
+  EXPECT_TRUE(contains(flash_msg, needle)) << "flash_attention message: " << flash_msg << "\nexpected: " << needle;
+  EXPECT_TRUE(contains(flash_msg, "mmattn: ")) << flash_msg;
+  EXPECT_TRUE(same_bits(c.out.storage, out_before)) << "flash_attention wrote the output";
+  EXPECT_TRUE(same_bits(c.lse.storage, lse_before)) << "flash_attention wrote the lse";
+  if (!reference_too) return;
+  const std::string ref_msg = error_message([&] { c.reference(); });
+  EXPECT_TRUE(contains(ref_msg, needle)) << "reference_attention message: " << ref_msg << "\nexpected: " << needle;
+  EXPECT_TRUE(same_bits(c.out.storage, out_before)) << "reference_attention wrote the output";
+  EXPECT_TRUE(same_bits(c.lse.storage, lse_before)) << "reference_attention wrote the lse";
+}
+
+TEST(Validation, BaselineCallIsAccepted) {
+  const Call c;
+  c.flash();
+  EXPECT_LE(max_relative_error(c.out, run_reference(c.cfg, c.b, AllKeys{}).out), 1e-5);
+}
+
+// ---- Shapes ----
+
+TEST(Validation, KeyAndValueTokenCountsDiffer) {
+  Call c;
+  const Tensor v6 = random_tensor(6, 2, 16, 3);
+  c.v = v6.cview();
+  expect_rejected(c, "v: shape [6, 2, 16] must be [7, 2, 16]");
+}
+
+TEST(Validation, OutputTokensDifferFromQueries) {
+  Call c;
+  c.o.tokens = 4;
+  expect_rejected(c, "out: shape [4, 4, 16] must be [5, 4, 16]");
+}
+
+TEST(Validation, OutputHeadsDifferFromQueries) {
+  Call c;
+  c.o.heads = 3;
+  expect_rejected(c, "out: shape [5, 3, 16] must be [5, 4, 16]");
+}
+
+TEST(Validation, QueryHeadDimDiffersFromConfig) {
+  Call c;
+  c.q.head_dim = 8;
+  expect_rejected(c, "q: head_dim 8 does not match the config's 16");
+}
+
+TEST(Validation, KeyHeadDimDiffers) {
+  Call c;
+  c.k.head_dim = 8;
+  expect_rejected(c, "k: shape [7, 2, 8] must be [7, 2, 16]");
+}
+
+TEST(Validation, ValueHeadDimDiffers) {
+  Call c;
+  c.v.head_dim = 15;
+  expect_rejected(c, "v: shape [7, 2, 15] must be [7, 2, 16]");
+}
+
+TEST(Validation, OutputHeadDimDiffers) {
+  Call c;
+  c.o.head_dim = 15;
+  expect_rejected(c, "out: shape [5, 4, 15] must be [5, 4, 16]");
+}
+
+TEST(Validation, QueryHeadsDifferFromNumHeads) {
+  Call c;
+  c.q.heads = 3;
+  expect_rejected(c, "q: has 3 heads but num_heads is 4");
+}
+
+TEST(Validation, KeyHeadsDifferFromNumKvHeads) {
+  Call c;
+  c.k.heads = 1;
+  expect_rejected(c, "k: has 1 heads but num_kv_heads is 2");
+}
+
+TEST(Validation, ValueHeadsDifferFromNumKvHeads) {
+  Call c;
+  c.v.heads = 1;
+  expect_rejected(c, "v: shape [7, 1, 16] must be [7, 2, 16]");
+}
+
+TEST(Validation, NegativeShape) {
+  Call c;
+  c.k.tokens = -1;
+  expect_rejected(c, "k: negative shape");
+}
+
+// ---- Head configuration ----
+
+TEST(Validation, ZeroNumHeads) {
+  Call c;
+  c.cfg.num_heads = 0;
+  expect_rejected(c, "num_heads must be positive, got 0");
+}
+
+TEST(Validation, NegativeNumHeads) {
+  Call c;
+  c.cfg.num_heads = -4;
+  expect_rejected(c, "num_heads must be positive, got -4");
+}
+
+TEST(Validation, ZeroNumKvHeads) {
+  Call c;
+  c.cfg.num_kv_heads = 0;
+  expect_rejected(c, "num_kv_heads must be positive, got 0");
+}
+
+TEST(Validation, KvHeadsDoNotDivideHeads) {
+  Call c;
+  c.cfg = make_config(6, 4, 16);
+  const Buffers b = make_qkv(c.cfg, 5, 7, 2);
+  Tensor out(5, 6, 16);
+  fill_value(out.view, kSentinel);
+  c.q = b.q.cview(), c.k = b.k.cview(), c.v = b.v.cview();
+  c.o = out.view;
+  c.l = {};
+  const std::vector<float> before = out.storage;
+  expect_rejected(c, "num_kv_heads (4) must divide num_heads (6)");
+  EXPECT_TRUE(same_bits(out.storage, before));
+}
+
+TEST(Validation, ZeroHeadDim) {
+  Call c;
+  c.cfg.head_dim = 0;
+  expect_rejected(c, "head_dim must be positive, got 0");
+}
+
+// ---- Pointers and strides ----
+
+TEST(Validation, NullQueryData) {
+  Call c;
+  c.q.data = nullptr;
+  expect_rejected(c, "q: null data");
+}
+
+TEST(Validation, NullKeyData) {
+  Call c;
+  c.k.data = nullptr;
+  expect_rejected(c, "k: null data");
+}
+
+TEST(Validation, NullValueData) {
+  Call c;
+  c.v.data = nullptr;
+  expect_rejected(c, "v: null data");
+}
+
+TEST(Validation, NullOutputData) {
+  Call c;
+  c.o.data = nullptr;
+  expect_rejected(c, "out: null data");
+}
+
+TEST(Validation, NegativeTokenStride) {
+  Call c;
+  c.q.token_stride = -c.q.token_stride;
+  expect_rejected(c, "q: negative stride");
+}
+
+TEST(Validation, NegativeHeadStride) {
+  Call c;
+  c.k.head_stride = -16;
+  expect_rejected(c, "k: negative stride -16");
+}
+
+TEST(Validation, NegativeOutputDimStride) {
+  Call c;
+  c.o.dim_stride = -1;
+  expect_rejected(c, "out: negative stride -1");
+}
+
+TEST(Validation, OverflowingInputStride) {
+  Call c;
+  c.v.token_stride = kHuge;  // 6 x kHuge overflows int64
+  expect_rejected(c, "v: strides overflow the index type");
+}
+
+TEST(Validation, OverflowingSumOfStrides) {
+  Call c;
+  // Each term fits, their sum does not.
+  c.q.token_stride = std::numeric_limits<index_t>::max() / 4;
+  c.q.head_stride = std::numeric_limits<index_t>::max() / 3;
+  expect_rejected(c, "q: strides overflow the index type");
+}
+
+TEST(Validation, OverflowingOutputStride) {
+  Call c;
+  c.o.head_stride = kHuge;
+  expect_rejected(c, "out: strides overflow the index type");
+}
+
+TEST(Validation, OutputTokenStrideZeroOverlaps) {
+  Call c;
+  c.o.token_stride = 0;
+  expect_rejected(c, "out: strides make elements overlap");
+}
+
+TEST(Validation, OutputHeadsInterleaveOverlap) {
+  Call c;
+  c.o.token_stride = 16;  // token t, head h+1 and token t+1, head h share an address
+  c.o.head_stride = 16;
+  expect_rejected(c, "out: strides make elements overlap");
+}
+
+TEST(Validation, OutputDimStrideZeroOverlaps) {
+  Call c;
+  c.o.dim_stride = 0;
+  expect_rejected(c, "out: strides make elements overlap");
+}
+
+// Inputs are only read: a broadcast (stride 0) key is legal and equals repeating the row.
+TEST(Validation, BroadcastInputIsAccepted) {
+  Call c;
+  c.k.token_stride = 0;
+  c.flash();
+  Tensor k_rep(7, 2, 16);
+  for_each_index(k_rep.view, [&](index_t t, index_t h, index_t d) { k_rep.view(t, h, d) = c.b.k.view(0, h, d); });
+  const Result expected = run_reference(c.cfg, c.b.q.cview(), k_rep.cview(), c.b.v.cview(), AllKeys{});
+  EXPECT_LE(max_relative_error(c.out, expected.out), 1e-5);
+  EXPECT_LE(max_lse_error(c.lse, expected.lse), 1e-5);
+}
+
+// ---- Scale and options ----
+
+TEST(Validation, NaNScale) {
+  Call c;
+  c.cfg.scale = kNaN;
+  expect_rejected(c, "scale must be finite");
+}
+
+TEST(Validation, InfiniteScale) {
+  Call c;
+  c.cfg.scale = kInf;
+  expect_rejected(c, "scale must be finite");
+  c.cfg.scale = -kInf;
+  expect_rejected(c, "scale must be finite");
+}
+
+TEST(Validation, NegativeQueryOffset) {
+  Call c;
+  c.options.query_offset = -1;
+  expect_rejected(c, "query_offset must be non-negative, got -1", /*reference_too=*/false);
+  c.options.causal = true;
+  expect_rejected(c, "query_offset must be non-negative, got -1", /*reference_too=*/false);
+}
+
+// ---- Log-sum-exp ----
+
+TEST(Validation, LseWrongTokenCount) {
+  Call c;
+  c.l.tokens = 4;
+  expect_rejected(c, "lse: shape [4, 4] must be [5, 4]");
+}
+
+TEST(Validation, LseWrongHeadCount) {
+  Call c;
+  c.l.heads = 2;
+  expect_rejected(c, "lse: shape [5, 2] must be [5, 4]");
+}
+
+TEST(Validation, LseOverlapping) {
+  Call c;
+  c.l.token_stride = 0;
+  expect_rejected(c, "lse: strides make elements overlap");
+}
+
+TEST(Validation, LseNegativeStride) {
+  Call c;
+  c.l.head_stride = -1;
+  expect_rejected(c, "lse: negative stride -1");
+}
+
+// ---- Other entry points ----
+
+TEST(Validation, EmptyCustomExecutor) {
+  EXPECT_TRUE(contains(error_message([] { Executor::custom({}); }), "executor: parallel_for is empty"));
+}
+
+TEST(Validation, ViewMatrixHeadsMustDivideColumns) {
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(3, 10);
+  EXPECT_TRUE(contains(error_message([&] { view_matrix(m, 4); }), "heads (4) must divide the column count (10)"));
+  EXPECT_TRUE(contains(error_message([&] { view_matrix(m, 0); }), "heads (0) must divide"));
+  const auto v = view_matrix(m, 5);
+  EXPECT_EQ(v.tokens, 3);
+  EXPECT_EQ(v.heads, 5);
+  EXPECT_EQ(v.head_dim, 2);
+}
+
+// An output stride near the index maximum must be rejected cleanly, never overflow a product.
+TEST(Validation, OutputStrideNearIndexMaxIsNotUndefinedBehaviour) {
+  Call c;
+  const Tensor q2 = random_tensor(2, 4, 16, 5);
+  c.q = q2.cview();  // 2 queries: the strides pass, then out's 1 head fails the shape check
+  c.o.tokens = 2;
+  c.o.token_stride = std::numeric_limits<index_t>::max() - 1000;
+  c.o.heads = 1;  // keep the other axes from adding to the extent
+  expect_rejected(c, "out: shape [2, 1, 16] must be [2, 4, 16]");
+}
+
+}  // namespace
+}  // namespace mmattn::test
