@@ -11,6 +11,7 @@
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
 #include "mmattn/kernel/block_mask.hpp"
+#include "mmattn/kernel/convert.hpp"
 #include "mmattn/kernel/online_softmax.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/tensor_view.hpp"
@@ -44,29 +45,20 @@ struct Workspace {
 
 // Copies the rows of `rect` (positions, shifted by `first_row`) of one head into a dense
 // (rows, dim) float buffer, converting and scaling once per load rather than per product.
-template <class T>
-void load_rows(const TensorView<T>& src, index_t head, const TokenRect& rect, index_t first_row, float scale,
-               float* dst) {
+// View: anything with row(token, head), head_dim and dim_stride (TensorView, a paged KV cache).
+template <class View>
+void load_rows(const View& src, index_t head, const TokenRect& rect, index_t first_row, float scale, float* dst) {
   const index_t dim = src.head_dim;
-  for (index_t r = 0; r < rect.rows; ++r) {
-    for (index_t c = 0; c < rect.cols; ++c, dst += dim) {
-      const auto* row = src.row(rect.start + r * rect.pitch + c - first_row, head);
-      if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
-        if (src.dim_stride == 1) {
-          Eigen::Map<Eigen::VectorXf>(dst, dim) = Eigen::Map<const Eigen::VectorXf>(row, dim) * scale;
-          continue;
-        }
-      }
-      for (index_t d = 0; d < dim; ++d) dst[d] = static_cast<float>(row[d * src.dim_stride]) * scale;
-    }
-  }
+  for (index_t r = 0; r < rect.rows; ++r)
+    for (index_t c = 0; c < rect.cols; ++c, dst += dim)
+      convert_row(src.row(rect.start + r * rect.pitch + c - first_row, head), dim, src.dim_stride, scale, dst);
 }
 
 // K or V rows of a block as a (keys, dim) matrix: mapped in place when they already are one
 // (contiguous float rows), gathered into `buffer` otherwise.
-template <class T>
-ConstStridedRowMap key_rows(const TensorView<T>& src, index_t head, const TokenRect& keys, float* buffer) {
-  if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
+template <class View>
+ConstStridedRowMap key_rows(const View& src, index_t head, const TokenRect& keys, float* buffer) {
+  if constexpr (std::is_same_v<View, TensorView<const float>> || std::is_same_v<View, TensorView<float>>) {
     if (keys.contiguous() && src.dim_stride == 1 && (keys.size() == 1 || src.token_stride > 0))
       return ConstStridedRowMap(src.row(keys.start, head), keys.size(), src.head_dim,
                                 Eigen::OuterStride<>(keys.size() == 1 ? src.head_dim : src.token_stride));
@@ -75,19 +67,21 @@ ConstStridedRowMap key_rows(const TensorView<T>& src, index_t head, const TokenR
   return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
 }
 
-// Runs one query tile of one head over its key blocks and writes its output rows.
-// Q and O rows are positions - plan.query_begin; K and V rows are positions.
-template <class TQ, class TK, class TV, class TO>
-void attend_tile(const Plan& plan, const QueryTile& tile, index_t head, const AttentionConfig& cfg,
-                 const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<TO>& out,
-                 const LseView& lse, Workspace& ws) {
+// Runs one query tile of one head over its key blocks [block_begin, block_end) and writes its
+// normalised output rows and log-sum-exp. Q and O rows are positions - plan.query_begin; K and V
+// rows are positions. A sub-range of the blocks gives a partial result that merges exactly with
+// the others through its log-sum-exp (split-KV).
+template <class QView, class KView, class VView, class TO>
+void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
+                 const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                 const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
   ws.reserve(rows, plan.tiles.key, dim);
   load_rows(q, head, tile.queries, plan.query_begin, cfg.resolved_scale(), ws.q.data());
   const Eigen::Map<const RowMatrix> q_tile(ws.q.data(), rows, dim);  // (rows, dim), pre-scaled
   OnlineSoftmax softmax(ws.acc.data(), ws.row_max.data(), ws.row_sum.data(), rows, dim);
 
-  for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
+  for (index_t b = block_begin; b < block_end; ++b) {
     const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
     const index_t keys = block.keys.size();
     const ConstStridedRowMap k_block = key_rows(k, kv_head, block.keys, ws.k.data());  // (keys, dim)
@@ -107,15 +101,15 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t head, const At
 }
 
 // Every (head, query tile) of a plan, costliest tiles first so dynamic scheduling balances FLOPs.
-template <class TQ, class TK, class TV, class TO>
-void execute_plan(const Plan& plan, const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
-                  const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse, const Executor& executor) {
+template <class QView, class KView, class VView, class TO>
+void execute_plan(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                  const TensorView<TO>& out, const LseView& lse, const Executor& executor) {
   const index_t heads = cfg.num_heads;
   const auto items = static_cast<index_t>(plan.tile_order.size()) * heads;
   executor.parallel_for(items, [&](index_t item) {
     thread_local Workspace ws;
     const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item / heads)])];
-    attend_tile(plan, tile, item % heads, cfg, q, k, v, out, lse, ws);
+    attend_tile(plan, tile, tile.block_begin, tile.block_end, item % heads, cfg, q, k, v, out, lse, ws);
   });
 }
 
