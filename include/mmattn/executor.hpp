@@ -4,6 +4,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <thread>
 #include <utility>
 
 #include "mmattn/config.hpp"
@@ -21,9 +22,11 @@ class Executor {
   using ParallelFor = std::function<void(index_t n, const Body& body)>;
 
   static Executor serial() {
-    return Executor([](index_t n, const Body& body) {
-      for (index_t i = 0; i < n; ++i) body(i);
-    });
+    return Executor(
+        [](index_t n, const Body& body) {
+          for (index_t i = 0; i < n; ++i) body(i);
+        },
+        /*concurrency=*/1);
   }
 
   // num_threads <= 0 means OpenMP's default. Without OpenMP this is serial().
@@ -44,15 +47,17 @@ class Executor {
         }
       }
       if (error) std::rethrow_exception(error);
-    });
+    }, /*concurrency=*/num_threads, /*openmp_default=*/num_threads <= 0);
 #else
     return serial();
 #endif
   }
 
-  static Executor custom(ParallelFor parallel_for) {
+  // concurrency: how many items the pool runs at once (<= 0: the hardware's thread count). Only a
+  // hint: split-KV cuts work into enough pieces to keep that many workers busy.
+  static Executor custom(ParallelFor parallel_for, int concurrency = 0) {
     MMATTN_REQUIRE(static_cast<bool>(parallel_for), "executor: parallel_for is empty");
-    return Executor(std::move(parallel_for));
+    return Executor(std::move(parallel_for), concurrency);
   }
 
   static Executor default_executor() { return openmp(); }
@@ -61,9 +66,22 @@ class Executor {
     if (n > 0) parallel_for_(n, body);
   }
 
+  // Items that run at the same time, at least 1.
+  int concurrency() const {
+    if (concurrency_ > 0) return concurrency_;
+#if defined(MMATTN_HAS_OPENMP)
+    if (openmp_default_) return omp_get_max_threads();
+#endif
+    const unsigned hw = std::thread::hardware_concurrency();
+    return hw > 0 ? static_cast<int>(hw) : 1;
+  }
+
  private:
-  explicit Executor(ParallelFor f) : parallel_for_(std::move(f)) {}
+  Executor(ParallelFor f, int concurrency, bool openmp_default = false)
+      : parallel_for_(std::move(f)), concurrency_(concurrency), openmp_default_(openmp_default) {}
   ParallelFor parallel_for_;
+  int concurrency_ = 1;
+  bool openmp_default_ = false;  // concurrency follows omp_get_max_threads() at call time
 };
 
 }  // namespace mmattn
