@@ -30,6 +30,21 @@ struct AttentionConfig {
   }
 };
 
+// The kernels compute in fp32 from these storage types only (the reference takes anything that
+// converts to float). A static_assert at the entry points, so a wrong type fails where it is passed.
+template <class T>
+inline constexpr bool is_element_type_v = std::is_same_v<std::remove_cv_t<T>, float> ||
+                                          std::is_same_v<std::remove_cv_t<T>, Eigen::bfloat16> ||
+                                          std::is_same_v<std::remove_cv_t<T>, Eigen::half>;
+
+template <class QView, class KView, class VView, class OView>
+constexpr void static_assert_element_types() {
+  static_assert(is_element_type_v<view_element_t<QView>>, "mmattn: q elements must be float, Eigen::bfloat16 or Eigen::half");
+  static_assert(is_element_type_v<view_element_t<KView>>, "mmattn: k elements must be float, Eigen::bfloat16 or Eigen::half");
+  static_assert(is_element_type_v<view_element_t<VView>>, "mmattn: v elements must be float, Eigen::bfloat16 or Eigen::half");
+  static_assert(is_element_type_v<view_element_t<OView>>, "mmattn: out elements must be float, Eigen::bfloat16 or Eigen::half");
+}
+
 namespace detail {
 inline std::string shape_string(index_t a, index_t b, index_t c) {
   return "[" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + "]";
@@ -38,9 +53,11 @@ inline std::string shape_string(index_t a, index_t b, index_t c) {
 
 // Q is [query_tokens, num_heads, head_dim]; K and V are [key_tokens, num_kv_heads, head_dim];
 // O matches Q. Throws mmattn::Error naming the first bad argument; nothing is written before.
-template <class TQ, class TK, class TV, class TO>
-void validate_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
-                        const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse) {
+// K and V are TensorViews or any view with tokens, heads, head_dim, row(token, head) and a
+// validate_view(name, view, is_output) overload found by ADL (PagedKVView, paged_kv.hpp).
+template <class TQ, class KView, class VView, class TO>
+void validate_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, const KView& k, const VView& v,
+                        const TensorView<TO>& out, const LseView& lse) {
   static_assert(!std::is_const_v<TO>, "out must be writable");
   cfg.validate();
   validate_view("q", q, false);

@@ -47,6 +47,7 @@ template <class Tiles = DefaultTiles, class TQ, class TK, class TV, class TO>
 void flash_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
                      const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse = {},
                      const GlobalOptions& options = {}, const Executor& executor = Executor::default_executor()) {
+  static_assert_element_types<TensorView<TQ>, TensorView<TK>, TensorView<TV>, TensorView<TO>>();
   validate_attention(cfg, q, k, v, out, lse);
   const Plan plan = plan_global(q.tokens, k.tokens, options, Tiles::sizes());
   kernel::execute_plan(plan, cfg, q, k, v, out, lse, executor);

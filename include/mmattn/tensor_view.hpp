@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "mmattn/config.hpp"
 
@@ -79,6 +80,10 @@ auto view_matrix(const Eigen::PlainObjectBase<Derived>& m, index_t heads) {
 }
 
 inline LseView view_lse(float* data, index_t tokens, index_t heads) { return {data, tokens, heads, heads, 1}; }
+
+// The element type behind any view with row(token, head): TensorView<const bfloat16> -> bfloat16.
+template <class View>
+using view_element_t = std::remove_cv_t<std::remove_pointer_t<decltype(std::declval<const View&>().row(0, 0))>>;
 
 namespace detail {
 
