@@ -8,6 +8,7 @@
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
+#include "mmattn/kernel/split_kv.hpp"
 #include "mmattn/kernel/tile_traits.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
 #include "mmattn/layout.hpp"
@@ -35,23 +36,32 @@ class MultimodalAttention {
 
   // Q/O: [plan().num_queries(), num_heads, head_dim] for positions [query_begin, query_end);
   // K/V: [layout().size(), num_kv_heads, head_dim]; lse optional, [num_queries, num_heads].
+  // Elements: float, Eigen::bfloat16 or Eigen::half in any mix, fp32 arithmetic throughout.
+  // K and V: TensorView or PagedKVView (paged_kv.hpp).
   // Safe to call concurrently on one object: the plan is read-only and scratch is per thread.
-  template <class TQ, class TK, class TV, class TO>
-  void forward(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v, const TensorView<TO>& out,
+  template <class TQ, class KView, class VView, class TO>
+  void forward(const TensorView<TQ>& q, const KView& k, const VView& v, const TensorView<TO>& out,
                const LseView& lse = {}) const {
-    validate_attention(config_, q, k, v, out, lse);
-    MMATTN_REQUIRE(q.tokens == plan_.num_queries(), "q: has " + std::to_string(q.tokens) +
-                                                        " tokens but the plan's query range holds " +
-                                                        std::to_string(plan_.num_queries()));
-    MMATTN_REQUIRE(k.tokens == layout_.size(), "k: has " + std::to_string(k.tokens) + " tokens but the layout holds " +
-                                                   std::to_string(layout_.size()));
+    validate_forward(q, k, v, out, lse);
     kernel::execute_plan(plan_, config_, q, k, v, out, lse, executor_);
+  }
+
+  // forward(), with each query tile's keys split into chunks run in parallel and merged exactly
+  // when the plan has too few (tile, head) items for the executor: decode, short chunks, few heads.
+  // Query heads sharing a KV head run as one tile when their rows are few, so K and V are read
+  // once per KV head. Results equal forward()'s to fp32 rounding (not bitwise).
+  template <class TQ, class KView, class VView, class TO>
+  void forward_split_kv(const TensorView<TQ>& q, const KView& k, const VView& v, const TensorView<TO>& out,
+                        const LseView& lse = {}, const SplitKvOptions& options = {}) const {
+    validate_forward(q, k, v, out, lse);
+    kernel::execute_split_kv(plan_, config_, q, k, v, out, lse, executor_, options);
   }
 
   const AttentionConfig& config() const { return config_; }
   const SequenceLayout& layout() const { return layout_; }
   const RegionPolicy& policy() const { return policy_; }
   const Plan& plan() const { return plan_; }
+  const Executor& executor() const { return executor_; }
   MaskPredicate predicate() const { return {&layout_, &policy_}; }
 
   // The plan's allowed / computed pairs per region pair; see plan_stats.hpp.
@@ -62,6 +72,18 @@ class MultimodalAttention {
   std::string svg() const { return plan_svg(plan_, layout_); }
 
  private:
+  template <class TQ, class KView, class VView, class TO>
+  void validate_forward(const TensorView<TQ>& q, const KView& k, const VView& v, const TensorView<TO>& out,
+                        const LseView& lse) const {
+    static_assert_element_types<TensorView<TQ>, KView, VView, TensorView<TO>>();
+    validate_attention(config_, q, k, v, out, lse);
+    MMATTN_REQUIRE(q.tokens == plan_.num_queries(), "q: has " + std::to_string(q.tokens) +
+                                                        " tokens but the plan's query range holds " +
+                                                        std::to_string(plan_.num_queries()));
+    MMATTN_REQUIRE(k.tokens == layout_.size(), "k: has " + std::to_string(k.tokens) + " tokens but the layout holds " +
+                                                   std::to_string(layout_.size()));
+  }
+
   AttentionConfig config_;
   SequenceLayout layout_;
   RegionPolicy policy_;

@@ -1,0 +1,203 @@
+#pragma once
+// Split-KV (FlashDecoding; ggml's third path): when a plan has too few (query tile, head) items to
+// keep every worker busy (decode: one tile of 1..few rows), each tile's key blocks are cut into
+// chunks of about equal key count, the chunks run in parallel into scratch partial outputs and
+// log-sum-exps, and the last chunk of a tile to finish merges them exactly (merge.hpp).
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/executor.hpp"
+#include "mmattn/kernel/decode_kernel.hpp"
+#include "mmattn/kernel/tiled_attention.hpp"
+#include "mmattn/merge.hpp"
+#include "mmattn/plan.hpp"
+#include "mmattn/tensor_view.hpp"
+
+namespace mmattn {
+
+struct SplitKvOptions {
+  // Key chunks per query tile (at most its block count); 0: chosen from the plan's cost and the
+  // executor's concurrency, 1: never split.
+  index_t splits = 0;
+  // Automatic choice only: a chunk holds at least this many keys, so its fixed cost (a partial
+  // row written and merged per head) stays small next to its loads.
+  index_t min_keys_per_split = 256;
+  // Automatic or not: the scratch partials (slots x queries x heads x (head_dim + 1) floats) stay
+  // under this; splits are reduced to fit.
+  index_t max_scratch_bytes = index_t{64} << 20;
+};
+
+namespace kernel {
+
+// Work items per worker the automatic choice aims for: with dynamic scheduling, 4 items each keep
+// the last one's tail under a quarter of a worker's share.
+inline constexpr index_t kItemsPerWorker = 4;
+
+// Blocks [block_begin, block_end) of one query tile; `slot` is its partial's index (0 when the
+// tile is not split and writes straight to the output).
+struct KeyChunk {
+  index_t tile = 0, block_begin = 0, block_end = 0, slot = 0;
+  index_t cost = 0;  // query rows x keys
+};
+
+struct SplitPlan {
+  index_t heads_per_item = 1;        // G (grouped kernel: all query heads of a KV head) or 1 (attend_tile)
+  index_t slots = 1;                 // partial results per split tile; 1: nothing is split, no scratch
+  std::vector<index_t> tile_chunks;  // per query tile: its number of chunks
+  std::vector<KeyChunk> chunks;      // costliest first: the order work is handed out
+
+  index_t items_per_chunk(const AttentionConfig& cfg) const { return cfg.num_heads / heads_per_item; }
+};
+
+// Cuts blocks [b0, b1) into `count` runs of about equal key count, each at least one block.
+inline void cut_blocks(const Plan& plan, index_t tile, index_t b0, index_t b1, index_t count, index_t rows,
+                       std::vector<KeyChunk>& out) {
+  if (b0 == b1) return out.push_back({tile, b0, b1, 0, 0});  // sees nothing: one empty run writes zeros, -inf
+  index_t keys = 0;
+  for (index_t b = b0; b < b1; ++b) keys += plan.blocks[static_cast<size_t>(b)].keys.size();
+  index_t start = b0, seen = 0;
+  for (index_t c = 0; c < count; ++c) {
+    index_t end = start, chunk_keys = 0;
+    const index_t target = (c + 1) * keys / count;  // cumulative keys at this chunk's end
+    const index_t latest = b1 - (count - 1 - c);    // leave a block for every later chunk
+    do {
+      chunk_keys += plan.blocks[static_cast<size_t>(end)].keys.size();
+      ++end;
+    } while (end < latest && seen + chunk_keys < target);
+    if (c == count - 1) {
+      for (; end < b1; ++end) chunk_keys += plan.blocks[static_cast<size_t>(end)].keys.size();
+    }
+    out.push_back({tile, start, end, c, rows * chunk_keys});
+    seen += chunk_keys;
+    start = end;
+  }
+}
+
+inline SplitPlan plan_split_kv(const Plan& plan, const AttentionConfig& cfg, int concurrency,
+                               const SplitKvOptions& options) {
+  MMATTN_REQUIRE(options.splits >= 0, "split-KV: splits must be >= 0, got " + std::to_string(options.splits));
+  MMATTN_REQUIRE(options.min_keys_per_split > 0, "split-KV: min_keys_per_split must be positive");
+  SplitPlan sp;
+  const index_t group = heads_per_kv_head(cfg);
+  sp.heads_per_item = group > 1 && plan.max_query_tile() * group <= kMaxGroupRows ? group : 1;
+  const index_t items_per_chunk = cfg.num_heads / sp.heads_per_item;
+  const auto tiles = static_cast<index_t>(plan.query_tiles.size());
+
+  index_t total_cost = 0;
+  for (const QueryTile& t : plan.query_tiles) total_cost += t.computed_pairs;
+  // Chunks per tile wanted for each head item, so that all items together make kItemsPerWorker
+  // per worker; 0 when the plan already has that many.
+  const index_t wanted = kItemsPerWorker * std::max(concurrency, 1);
+  const bool automatic = options.splits == 0 && tiles * items_per_chunk < wanted && total_cost > 0;
+
+  sp.tile_chunks.assign(static_cast<size_t>(tiles), 1);
+  for (index_t t = 0; t < tiles; ++t) {
+    const QueryTile& tile = plan.query_tiles[static_cast<size_t>(t)];
+    const index_t blocks = tile.block_end - tile.block_begin;
+    const index_t keys = tile.queries.size() > 0 ? tile.computed_pairs / tile.queries.size() : 0;
+    index_t c = options.splits > 0 ? options.splits : 1;
+    if (automatic) {
+      const double share = double(wanted) / double(items_per_chunk) * double(tile.computed_pairs) / double(total_cost);
+      c = std::min(static_cast<index_t>(std::ceil(share)), keys / options.min_keys_per_split);
+    }
+    sp.tile_chunks[static_cast<size_t>(t)] = std::clamp<index_t>(c, 1, std::max<index_t>(blocks, 1));
+  }
+
+  // Scratch: slots x [queries, heads, head_dim] partial outputs plus slots x [queries, heads] LSEs.
+  const index_t per_slot = plan.num_queries() * cfg.num_heads * (cfg.head_dim + 1) * index_t{sizeof(float)};
+  const index_t max_slots = std::max<index_t>(1, options.max_scratch_bytes / std::max<index_t>(per_slot, 1));
+  for (index_t& c : sp.tile_chunks) {
+    c = std::min(c, max_slots);
+    if (c < 2) c = 1;
+    sp.slots = std::max(sp.slots, c);
+  }
+
+  for (index_t t = 0; t < tiles; ++t) {
+    const QueryTile& tile = plan.query_tiles[static_cast<size_t>(t)];
+    cut_blocks(plan, t, tile.block_begin, tile.block_end, sp.tile_chunks[static_cast<size_t>(t)],
+               tile.queries.size(), sp.chunks);
+  }
+  std::stable_sort(sp.chunks.begin(), sp.chunks.end(),
+                   [](const KeyChunk& a, const KeyChunk& b) { return a.cost > b.cost; });
+  return sp;
+}
+
+// Scratch of the calling thread, reused across calls: after the first call of a shape, a decode
+// step allocates nothing.
+inline std::vector<float>& split_kv_scratch() {
+  thread_local std::vector<float> scratch;
+  return scratch;
+}
+
+// The plan's attention, split over keys where the plan has too few items for the executor.
+// Same contract as execute_plan.
+template <class QView, class KView, class VView, class TO>
+void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                      const TensorView<TO>& out, const LseView& lse, const Executor& executor,
+                      const SplitKvOptions& options = {}) {
+  const SplitPlan sp = plan_split_kv(plan, cfg, executor.concurrency(), options);
+  const index_t nq = plan.num_queries(), heads = cfg.num_heads, dim = cfg.head_dim;
+  const index_t per_chunk = sp.items_per_chunk(cfg), hpi = sp.heads_per_item;
+
+  // Partial outputs [slot][query][head][dim], then partial LSEs [slot][query][head].
+  std::vector<float>& scratch = split_kv_scratch();
+  const index_t o_slot = nq * heads * dim, l_slot = nq * heads;
+  if (sp.slots > 1 && static_cast<index_t>(scratch.size()) < sp.slots * (o_slot + l_slot))
+    scratch.resize(static_cast<size_t>(sp.slots * (o_slot + l_slot)));
+  float* const partial_o = scratch.data();
+  float* const partial_lse = partial_o + sp.slots * o_slot;
+
+  // Per (tile, head item): chunks still running; the one that brings it to 0 merges.
+  const auto tiles = plan.query_tiles.size();
+  std::unique_ptr<std::atomic<index_t>[]> pending(new std::atomic<index_t>[tiles * static_cast<size_t>(per_chunk)]);
+  for (size_t t = 0; t < tiles; ++t)
+    for (index_t i = 0; i < per_chunk; ++i)
+      pending[t * static_cast<size_t>(per_chunk) + static_cast<size_t>(i)].store(sp.tile_chunks[t],
+                                                                                 std::memory_order_relaxed);
+
+  const auto items = static_cast<index_t>(sp.chunks.size()) * per_chunk;
+  executor.parallel_for(items, [&](index_t item) {
+    thread_local Workspace ws;
+    const KeyChunk& chunk = sp.chunks[static_cast<size_t>(item / per_chunk)];
+    const index_t which = item % per_chunk;  // the KV head (grouped) or the query head
+    const QueryTile& tile = plan.query_tiles[static_cast<size_t>(chunk.tile)];
+    const index_t chunks = sp.tile_chunks[static_cast<size_t>(chunk.tile)];
+    auto run = [&](const auto& o, const LseView& l) {
+      if (hpi > 1)
+        attend_tile_group(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q, k, v, o, l, ws);
+      else
+        attend_tile(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q, k, v, o, l, ws);
+    };
+    if (chunks == 1) return run(out, lse);
+
+    auto slot_out = [&](index_t s) { return view_thd(partial_o + s * o_slot, nq, heads, dim); };
+    auto slot_lse = [&](index_t s) { return view_lse(partial_lse + s * l_slot, nq, heads); };
+    run(slot_out(chunk.slot), slot_lse(chunk.slot));
+    std::atomic<index_t>& left = pending[static_cast<size_t>(chunk.tile * per_chunk + which)];
+    if (left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;  // acquire: the other chunks' partials
+
+    thread_local std::vector<float> merge_buf;  // (head_dim) merged row, then (chunks) LSEs
+    if (static_cast<index_t>(merge_buf.size()) < dim + chunks) merge_buf.resize(static_cast<size_t>(dim + chunks));
+    float* const acc = merge_buf.data();
+    float* const lses = acc + dim;
+    for (index_t i = 0; i < tile.queries.size(); ++i) {
+      const index_t token = tile.queries.at(i) - plan.query_begin;
+      for (index_t head = which * hpi; head < (which + 1) * hpi; ++head) {
+        for (index_t s = 0; s < chunks; ++s) lses[s] = slot_lse(s)(token, head);
+        const float row_lse = merge_row(chunks, lses, dim, [&](index_t s, float w, float* a) {
+          Eigen::Map<Eigen::ArrayXf>(a, dim) += w * Eigen::Map<const Eigen::ArrayXf>(slot_out(s).row(token, head), dim);
+        }, acc);
+        TO* dst = out.row(token, head);
+        for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[d]);
+        if (lse) lse(token, head) = row_lse;
+      }
+    }
+  });
+}
+
+}  // namespace kernel
+}  // namespace mmattn
