@@ -1,0 +1,405 @@
+// The strategy comparison table: for each of the six workloads, every strategy side by side in one
+// run, and an SVG bar chart of the speedups.
+//
+//   ./build/bench/bench/comparison_table [--threads N] [--reps N] [--only SUBSTRING] [--quick] [out.svg]
+//
+// Per workload: operands, plans and the naive mask are built first; then one warm-up call of each
+// strategy, which also measures its peak-RSS growth and checks its output against the double
+// precision reference (mmattn::reference_attention) on a few query rows under the strategy's own
+// mask; then --reps rounds (default 5) in which every strategy runs once, in an order rotated each
+// round so slow drifts of a shared machine fall on all strategies alike; a workload whose round is
+// short gets more rounds (about 4 s of them, at most 50). Latency is the median of the rounds;
+// speedups are ratios of medians from this one run.
+//
+// Columns: exact? = the output matches the reference for the strategy's mask (largest error
+// relative to the largest reference value); FLOP ratio = dense pairs / pairs the mask allows;
+// plan eff. = allowed / computed pairs; workspace = planned scratch of all threads (naive: its
+// score matrices and the shared mask); ΔRSS = peak resident memory growth during the warm-up call;
+// GFLOP/s on allowed pairs (4 * head_dim FLOPs per pair and head).
+//
+// --quick shrinks every workload (8 x 8 images, an eighth of the text, 2 heads of 16) for a smoke run.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "workloads.hpp"
+
+namespace {
+
+using mmattn::index_t;
+namespace bench = mmattn::bench;
+
+// ---- arguments ------------------------------------------------------------------------------------
+
+struct Args {
+  int threads = 2;
+  int reps = 5;
+  bool quick = false;
+  std::string only;
+  std::string svg = "comparison.svg";
+};
+
+[[noreturn]] void usage(const char* why) {
+  std::fprintf(stderr,
+               "comparison_table: %s\nusage: comparison_table [--threads N] [--reps N] [--only SUBSTRING] "
+               "[--quick] [out.svg]\n",
+               why);
+  std::exit(2);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string s = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage((s + " needs a value").c_str());
+      return argv[++i];
+    };
+    if (s == "--threads") a.threads = std::atoi(value().c_str());
+    else if (s == "--reps") a.reps = std::atoi(value().c_str());
+    else if (s == "--only") a.only = value();
+    else if (s == "--quick") a.quick = true;
+    else if (s == "-h" || s == "--help") usage("help");
+    else if (!s.empty() && s[0] == '-') usage(("unknown flag " + s).c_str());
+    else a.svg = s;
+  }
+  if (a.threads < 1) usage("--threads must be >= 1");
+  if (a.reps < 1) usage("--reps must be >= 1");
+  return a;
+}
+
+// ---- the machine ----------------------------------------------------------------------------------
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const auto colon = line.find(':');
+    if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+  }
+  return "unknown CPU";
+}
+
+std::string load_average() {
+  std::ifstream f("/proc/loadavg");
+  std::string one, five, fifteen;
+  f >> one >> five >> fifteen;
+  return one.empty() ? "n/a" : one + " " + five + " " + fifteen;
+}
+
+// ---- formatting -----------------------------------------------------------------------------------
+
+template <class... T>
+std::string fmt(const char* f, T... v) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, f, v...);
+  return buf;
+}
+
+std::string bytes_text(double b) {
+  if (b >= 1024.0 * 1024.0) return fmt("%.1f MiB", b / (1024.0 * 1024.0));
+  return fmt("%.0f KiB", b / 1024.0);
+}
+
+std::string ratio_text(double r) { return r >= 10 ? fmt("%.1fx", r) : fmt("%.2fx", r); }
+
+// A markdown pipe table whose columns are also aligned as plain text.
+std::string markdown_table(const std::vector<std::vector<std::string>>& rows, const std::vector<bool>& right) {
+  std::vector<size_t> w(right.size(), 3);
+  for (const auto& r : rows)
+    for (size_t c = 0; c < r.size(); ++c) w[c] = std::max(w[c], r[c].size());
+  auto cell = [&](const std::string& s, size_t c) {
+    const std::string pad(w[c] - s.size(), ' ');
+    return right[c] ? pad + s : s + pad;
+  };
+  std::string out;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    out += "|";
+    for (size_t c = 0; c < rows[i].size(); ++c) out += " " + cell(rows[i][c], c) + " |";
+    out += "\n";
+    if (i == 0) {
+      out += "|";
+      for (size_t c = 0; c < w.size(); ++c) out += right[c] ? " " + std::string(w[c] - 1, '-') + ": |" : " " + std::string(w[c], '-') + " |";
+      out += "\n";
+    }
+  }
+  return out;
+}
+
+// ---- exactness ------------------------------------------------------------------------------------
+
+// A few query rows spread over the sequence: the first, the middle, the first text token, the last,
+// and two seeded random ones.
+std::vector<index_t> check_rows(const mmattn::SequenceLayout& layout) {
+  const index_t n = layout.size();
+  std::vector<index_t> rows = {0, n / 2, n - 1};
+  for (const mmattn::Segment& s : layout.segments())
+    if (!s.is_image()) rows.push_back(s.start);
+  std::mt19937 gen(7);
+  for (int i = 0; i < 2; ++i) rows.push_back(std::uniform_int_distribution<index_t>(0, n - 1)(gen));
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+  return rows;
+}
+
+// Largest |out - reference| / largest |reference| over `rows` (every head), the reference computed
+// one row at a time in double under `policy`'s mask.
+double max_relative_error(const bench::Operands& x, const mmattn::AttentionConfig& cfg,
+                          const mmattn::SequenceLayout& layout, const mmattn::RegionPolicy& policy,
+                          const std::vector<index_t>& rows) {
+  std::vector<float> ref(static_cast<size_t>(x.heads * x.head_dim));
+  const mmattn::MaskPredicate allowed{&layout, &policy};
+  double err = 0, peak = 1e-30;
+  for (index_t r : rows) {
+    mmattn::TensorView<const float> q_row = x.qv();
+    q_row.data = q_row.row(r, 0);
+    q_row.tokens = 1;
+    const auto out_row = mmattn::view_thd(ref.data(), 1, x.heads, x.head_dim);
+    mmattn::reference_attention(cfg, q_row, x.kv(), x.vv(), out_row, {}, allowed, /*query_offset=*/r);
+    const float* got = x.o.data() + static_cast<size_t>(r * x.heads * x.head_dim);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      err = std::max(err, std::abs(double(got[i]) - double(ref[i])));
+      peak = std::max(peak, std::abs(double(ref[i])));
+    }
+  }
+  return err / peak;
+}
+
+// ---- one workload ---------------------------------------------------------------------------------
+
+struct Row {
+  bench::StrategyRun run;
+  std::vector<double> seconds;  // one per round
+  double rss_delta_mib = -1;
+  double error = 0;
+  double warmup_s = 0;
+  double median_s() const { return bench::median(seconds); }
+  double min_s() const { return *std::min_element(seconds.begin(), seconds.end()); }
+};
+
+struct Result {
+  const bench::Workload* workload = nullptr;
+  std::vector<Row> rows;
+  int rounds = 0;
+  const Row* find(bench::Strategy s) const {
+    for (const Row& r : rows)
+      if (r.run.strategy == s) return &r;
+    return nullptr;
+  }
+  // The strategy that plans the workload's own mask: structured, or the vision encoder's windows.
+  const Row* target() const {
+    const Row* r = find(bench::Strategy::structured);
+    return r ? r : find(bench::Strategy::qwen_window);
+  }
+};
+
+constexpr double kExactTolerance = 1e-4;
+
+std::string describe(const bench::Workload& w, int threads) {
+  index_t images = 0;
+  std::string grid;
+  for (const mmattn::Segment& s : w.layout.segments())
+    if (s.is_image()) ++images, grid = std::to_string(s.rows) + "x" + std::to_string(s.cols);
+  std::string text = std::to_string(images) + (images == 1 ? " image " : " images ") + grid;
+  if (w.layout.text_tokens() > 0) text += " + " + std::to_string(w.layout.text_tokens()) + " text";
+  return text + " = " + std::to_string(w.tokens()) + " tokens, " + std::to_string(w.heads) + " heads x " +
+         std::to_string(w.head_dim) + ", " + std::to_string(threads) + " threads";
+}
+
+Result run_workload(const bench::Workload& w, const Args& args) {
+  Result res;
+  res.workload = &w;
+  bench::Operands x(w.tokens(), w.heads, w.head_dim);
+  const mmattn::AttentionConfig cfg = bench::workload_config(w);
+  for (bench::Strategy s : w.strategies) res.rows.push_back({bench::make_strategy(s, w, args.threads, x), {}, -1, 0, 0});
+
+  const std::vector<index_t> rows = check_rows(w.layout);
+  for (Row& r : res.rows) {  // warm-up: memory and exactness
+    const bool rss = bench::reset_peak_rss();
+    const double base = bench::current_rss_mib();
+    std::fill(x.o.begin(), x.o.end(), std::nanf(""));  // a row the strategy fails to write shows
+    r.warmup_s = bench::time_seconds(r.run.run);
+    if (rss && base >= 0) r.rss_delta_mib = std::max(0.0, bench::peak_rss_mib() - base);
+    r.error = max_relative_error(x, cfg, w.layout, r.run.policy, rows);
+  }
+  // Short workloads get more rounds (up to ~4 s of them, at most 50): a 20 ms call is easily hit by
+  // one scheduler tick of another process, a 10 s call averages such ticks out by itself.
+  double round_s = 0;
+  for (const Row& r : res.rows) round_s += r.warmup_s;
+  res.rounds = args.quick ? args.reps : std::max(args.reps, std::min(50, static_cast<int>(4.0 / std::max(round_s, 1e-3))));
+  const size_t n = res.rows.size();
+  for (int round = 0; round < res.rounds; ++round)
+    for (size_t i = 0; i < n; ++i) {
+      Row& r = res.rows[(i + static_cast<size_t>(round)) % n];
+      r.seconds.push_back(bench::time_seconds(r.run.run));
+    }
+  return res;
+}
+
+bool print_result(const Result& res, int threads) {
+  const bench::Workload& w = *res.workload;
+  const Row* dense = res.find(bench::Strategy::dense);
+  const Row* causal = res.find(bench::Strategy::causal);
+  const double dense_pairs = static_cast<double>(w.tokens()) * static_cast<double>(w.tokens());
+  std::printf("### %s\n\n%s; median of %d rounds\n\n", w.name.c_str(), describe(w, threads).c_str(), res.rounds);
+
+  std::vector<std::vector<std::string>> table = {{"strategy", "exact?", "median ms", "spread", "vs dense", "vs causal",
+                                                  "FLOP ratio", "plan eff.", "workspace", "ΔRSS", "GFLOP/s"}};
+  bool all_exact = true;
+  for (const Row& r : res.rows) {
+    const double t = r.median_s();
+    const auto [lo, hi] = std::minmax_element(r.seconds.begin(), r.seconds.end());
+    const bool exact = r.error <= kExactTolerance && std::isfinite(r.error);
+    all_exact = all_exact && exact;
+    const double gflops = 4.0 * double(w.head_dim) * double(w.heads) * r.run.allowed_pairs / t * 1e-9;
+    table.push_back({r.run.name, fmt("%s (%.0e)", exact ? "yes" : "NO", r.error), fmt("%.1f", 1e3 * t),
+                     fmt("%.0f%%", 100.0 * (*hi - *lo) / t), dense ? ratio_text(dense->median_s() / t) : "-",
+                     causal ? ratio_text(causal->median_s() / t) : "-", ratio_text(dense_pairs / r.run.allowed_pairs),
+                     fmt("%.2f", r.run.efficiency()), bytes_text(r.run.workspace_bytes),
+                     r.rss_delta_mib >= 0 ? fmt("%.1f MiB", r.rss_delta_mib) : "n/a", fmt("%.1f", gflops)});
+  }
+  std::printf("%s\n",
+              markdown_table(table, {false, false, true, true, true, true, true, true, true, true, true}).c_str());
+
+  // The issue's bar: the planned strategy's speedup over dense reaches 80% of its FLOP ratio. The
+  // shortfall splits exactly into plan efficiency x the speed per computed pair relative to dense.
+  // The same from the fastest round of each (noise on a shared machine only ever adds time).
+  if (const Row* s = res.target(); s && dense) {
+    const double flop_ratio = dense_pairs / s->run.allowed_pairs;
+    const double share = dense->median_s() / s->median_s() / flop_ratio;
+    const double share_min = dense->min_s() / s->min_s() / flop_ratio;
+    std::printf("%s: speedup %s of FLOP ratio %s = %.0f%% (target >= 80%%: %s) = plan efficiency %.2f x speed per "
+                "computed pair %.2f of dense's; from the fastest rounds: %.0f%%\n\n",
+                s->run.name.c_str(), ratio_text(dense->median_s() / s->median_s()).c_str(),
+                ratio_text(flop_ratio).c_str(), 100.0 * share, share >= 0.8 ? "met" : "NOT met", s->run.efficiency(),
+                share / s->run.efficiency(), 100.0 * share_min);
+  }
+  std::fflush(stdout);
+  return all_exact;
+}
+
+// ---- the chart ------------------------------------------------------------------------------------
+
+const char* strategy_color(bench::Strategy s) {
+  switch (s) {
+    case bench::Strategy::dense: return "#9e9e9e";
+    case bench::Strategy::causal: return "#4e79a7";
+    case bench::Strategy::window_global: return "#f28e2b";
+    case bench::Strategy::structured: return "#59a14f";
+    case bench::Strategy::qwen_window: return "#b07aa1";
+    case bench::Strategy::naive: return "#e15759";
+  }
+  return "#000000";
+}
+
+// Grouped bars of speedup vs dense on a log2 axis, growing up from 1x (faster) or down (slower);
+// the planned strategy's FLOP ratio is a black tick over its bar.
+void write_svg(const std::string& path, const std::vector<Result>& results, const std::string& subtitle) {
+  const double bar_w = 22, gap = 34, left = 70, top = 60, plot_h = 320;
+  double lo = 0.5, hi = 2.0;
+  size_t bars = 0;
+  for (const Result& r : results) {
+    const Row* dense = r.find(bench::Strategy::dense);
+    if (!dense) continue;
+    for (const Row& row : r.rows) {
+      const double s = dense->median_s() / row.median_s();
+      lo = std::min(lo, s), hi = std::max(hi, s), ++bars;
+    }
+    if (const Row* t = r.target())
+      hi = std::max(hi, double(r.workload->tokens()) * double(r.workload->tokens()) / t->run.allowed_pairs);
+  }
+  const double lo2 = std::floor(std::log2(lo)), hi2 = std::ceil(std::log2(hi));
+  const double plot_w = double(bars) * bar_w + double(results.size()) * gap + gap;
+  const double width = left + plot_w + 250, height = top + plot_h + 70;
+  auto y = [&](double v) { return top + plot_h * (hi2 - std::log2(v)) / (hi2 - lo2); };
+
+  std::ostringstream s;
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+    << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Speedup vs dense FlashAttention "
+    << "(median latency ratio, log scale)</text>\n<text x=\"" << left << "\" y=\"40\" fill=\"#555\">" << subtitle
+    << "</text>\n";
+  for (double e = lo2; e <= hi2; ++e) {
+    const double v = std::exp2(e), yy = y(v);
+    s << "<line x1=\"" << left << "\" x2=\"" << left + plot_w << "\" y1=\"" << yy << "\" y2=\"" << yy
+      << "\" stroke=\"" << (e == 0 ? "#333" : "#ddd") << "\"/>\n<text x=\"" << left - 6 << "\" y=\"" << yy + 4
+      << "\" text-anchor=\"end\">" << (v < 1 ? fmt("%gx", v) : fmt("%.0fx", v)) << "</text>\n";
+  }
+  double x = left + gap;
+  for (const Result& r : results) {
+    const Row* dense = r.find(bench::Strategy::dense);
+    if (!dense) continue;
+    const double group_x = x;
+    for (const Row& row : r.rows) {
+      const double v = dense->median_s() / row.median_s();
+      const double y0 = std::min(y(1.0), y(v)), h = std::max(1.0, std::abs(y(1.0) - y(v)));
+      s << "<rect x=\"" << x << "\" y=\"" << y0 << "\" width=\"" << bar_w - 3 << "\" height=\"" << h << "\" fill=\""
+        << strategy_color(row.run.strategy) << "\"><title>" << row.run.name << ": " << ratio_text(v)
+        << "</title></rect>\n<text x=\"" << x + (bar_w - 3) / 2 << "\" y=\"" << (v >= 1 ? y(v) - 3 : y(v) + 11)
+        << "\" text-anchor=\"middle\" font-size=\"9\">" << fmt("%.1f", v) << "</text>\n";
+      if (&row == r.target()) {
+        const double ratio = double(r.workload->tokens()) * double(r.workload->tokens()) / row.run.allowed_pairs;
+        s << "<line x1=\"" << x - 2 << "\" x2=\"" << x + bar_w - 1 << "\" y1=\"" << y(ratio) << "\" y2=\"" << y(ratio)
+          << "\" stroke=\"black\" stroke-width=\"2\"><title>FLOP ratio " << ratio_text(ratio) << "</title></line>\n";
+      }
+      x += bar_w;
+    }
+    s << "<text x=\"" << (group_x + x) / 2 << "\" y=\"" << top + plot_h + 18 << "\" text-anchor=\"middle\">"
+      << r.workload->name << "</text>\n";
+    x += gap;
+  }
+  double ly = top + 10;
+  const double lx = left + plot_w + 20;
+  for (bench::Strategy st : {bench::Strategy::dense, bench::Strategy::causal, bench::Strategy::window_global,
+                             bench::Strategy::structured, bench::Strategy::qwen_window, bench::Strategy::naive}) {
+    s << "<rect x=\"" << lx << "\" y=\"" << ly - 9 << "\" width=\"12\" height=\"12\" fill=\"" << strategy_color(st)
+      << "\"/>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 1 << "\">" << bench::strategy_name(st) << "</text>\n";
+    ly += 18;
+  }
+  s << "<line x1=\"" << lx << "\" x2=\"" << lx + 12 << "\" y1=\"" << ly - 3 << "\" y2=\"" << ly - 3
+    << "\" stroke=\"black\" stroke-width=\"2\"/>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 1
+    << "\">FLOP ratio of the planned strategy</text>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 14
+    << "\">(dense pairs / allowed pairs)</text>\n</svg>\n";
+  std::ofstream(path) << s.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = parse(argc, argv);
+  bench::set_threads(args.threads);
+  const std::string machine = cpu_model() + ", " + std::to_string(std::thread::hardware_concurrency()) +
+                              " hardware threads; " + std::to_string(args.threads) + " threads used";
+  std::printf("machine: %s\nload average at start: %s\nrounds: at least %d per workload (more for short ones), each "
+              "strategy once per round, after 1 warm-up call%s\n\n",
+              machine.c_str(), load_average().c_str(), args.reps, args.quick ? "; --quick sizes" : "");
+  std::fflush(stdout);
+
+  const std::vector<bench::Workload> workloads = bench::workloads(args.quick);
+  std::vector<Result> results;
+  bool all_exact = true;
+  try {
+    for (const bench::Workload& w : workloads) {
+      if (!args.only.empty() && w.name.find(args.only) == std::string::npos) continue;
+      results.push_back(run_workload(w, args));
+      all_exact = print_result(results.back(), args.threads) && all_exact;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "comparison_table: %s\n", e.what());
+    return 1;
+  }
+  std::printf("load average at end: %s\n", load_average().c_str());
+  write_svg(args.svg, results, machine + ", median of >= " + std::to_string(args.reps) + " rounds");
+  std::printf("chart: %s\n", args.svg.c_str());
+  if (!all_exact) std::fprintf(stderr, "comparison_table: a strategy's output does not match the reference\n");
+  return all_exact ? 0 : 1;
+}
