@@ -6,22 +6,27 @@
 // Per workload: operands, plans and the naive mask are built first; then one warm-up call of each
 // strategy, which also measures its peak-RSS growth and checks its output against the double
 // precision reference (mmattn::reference_attention) on a few query rows under the strategy's own
-// mask; then --reps rounds (default 5) in which every strategy runs once, in an order rotated each
-// round so slow drifts of a shared machine fall on all strategies alike; a workload whose round is
-// short gets more rounds (about 4 s of them, at most 50). Latency is the median of the rounds;
-// speedups are ratios of medians from this one run.
+// mask; then rounds in which every strategy runs once, in an order rotated each round so slow
+// drifts of a shared machine fall on all strategies alike. At least --reps rounds (default 5), more
+// when a round is short (about 4 s of them, at most 50), and more again (up to 3x) until every
+// strategy has --reps clean rounds: rounds in which the process's CPU time shows that its threads
+// had the cores (see kCleanUtilisation). Latency is the median of the clean rounds (of all rounds,
+// marked *, when fewer than 3 are clean); speedups are ratios of medians from this one run.
 //
 // Columns: exact? = the output matches the reference for the strategy's mask (largest error
 // relative to the largest reference value); FLOP ratio = dense pairs / pairs the mask allows;
 // plan eff. = allowed / computed pairs; workspace = planned scratch of all threads (naive: its
 // score matrices and the shared mask); ΔRSS = peak resident memory growth during the warm-up call;
-// GFLOP/s on allowed pairs (4 * head_dim FLOPs per pair and head).
+// GFLOP/s on allowed pairs (4 * head_dim FLOPs per pair and head); rounds = clean / all; spread =
+// (slowest - fastest) / median over the rounds used.
 //
 // --quick shrinks every workload (8 x 8 images, an eighth of the text, 2 heads of 16) for a smoke run.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
+#include <functional>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -176,20 +181,60 @@ double max_relative_error(const bench::Operands& x, const mmattn::AttentionConfi
 
 // ---- one workload ---------------------------------------------------------------------------------
 
+// A call's wall time and the CPU time all of the process's threads spent in it.
+struct Sample {
+  double wall = 0, cpu = 0;
+};
+
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+Sample measure(const std::function<void()>& f) {
+  const double cpu0 = process_cpu_seconds();
+  const double wall = bench::time_seconds(f);
+  return {wall, process_cpu_seconds() - cpu0};
+}
+
+// A round is clean for a strategy when its threads had the cores: CPU time >= 85% of wall time x
+// threads (OpenMP threads waiting at a barrier spin first, so imbalance still counts as busy). When
+// another process takes a core, our threads wait runnable and the ratio falls towards 1/2.
+constexpr double kCleanUtilisation = 0.85;
+
 struct Row {
   bench::StrategyRun run;
-  std::vector<double> seconds;  // one per round
+  std::vector<Sample> samples;  // one per round
   double rss_delta_mib = -1;
   double error = 0;
   double warmup_s = 0;
-  double median_s() const { return bench::median(seconds); }
-  double min_s() const { return *std::min_element(seconds.begin(), seconds.end()); }
+  std::vector<double> used;  // wall times the statistics use: the clean rounds, or all of them
+
+  int clean(int threads) const {
+    int n = 0;
+    for (const Sample& x : samples) n += x.cpu >= kCleanUtilisation * x.wall * threads ? 1 : 0;
+    return n;
+  }
+  void select(int threads, bool clean_only) {
+    used.clear();
+    for (const Sample& x : samples)
+      if (!clean_only || x.cpu >= kCleanUtilisation * x.wall * threads) used.push_back(x.wall);
+  }
+  double median_cpu_s() const {
+    std::vector<double> cpu;
+    for (const Sample& x : samples) cpu.push_back(x.cpu);
+    return bench::median(cpu);
+  }
+  double median_s() const { return bench::median(used); }
+  double min_s() const { return *std::min_element(used.begin(), used.end()); }
 };
 
 struct Result {
   const bench::Workload* workload = nullptr;
   std::vector<Row> rows;
   int rounds = 0;
+  bool contended = false;  // some strategy had < 3 clean rounds: every strategy uses all rounds
   const Row* find(bench::Strategy s) const {
     for (const Row& r : rows)
       if (r.run.strategy == s) return &r;
@@ -220,7 +265,7 @@ Result run_workload(const bench::Workload& w, const Args& args) {
   res.workload = &w;
   bench::Operands x(w.tokens(), w.heads, w.head_dim);
   const mmattn::AttentionConfig cfg = bench::workload_config(w);
-  for (bench::Strategy s : w.strategies) res.rows.push_back({bench::make_strategy(s, w, args.threads, x), {}, -1, 0, 0});
+  for (bench::Strategy s : w.strategies) res.rows.push_back({bench::make_strategy(s, w, args.threads, x), {}, -1, 0, 0, {}});
 
   const std::vector<index_t> rows = check_rows(w.layout);
   for (Row& r : res.rows) {  // warm-up: memory and exactness
@@ -232,16 +277,27 @@ Result run_workload(const bench::Workload& w, const Args& args) {
     r.error = max_relative_error(x, cfg, w.layout, r.run.policy, rows);
   }
   // Short workloads get more rounds (up to ~4 s of them, at most 50): a 20 ms call is easily hit by
-  // one scheduler tick of another process, a 10 s call averages such ticks out by itself.
+  // one scheduler tick of another process, a 10 s call averages such ticks out by itself. Then
+  // rounds go on (up to 3x as many) until every strategy has --reps clean rounds.
   double round_s = 0;
   for (const Row& r : res.rows) round_s += r.warmup_s;
-  res.rounds = args.quick ? args.reps : std::max(args.reps, std::min(50, static_cast<int>(4.0 / std::max(round_s, 1e-3))));
+  const int min_rounds =
+      args.quick ? args.reps : std::max(args.reps, std::min(50, static_cast<int>(4.0 / std::max(round_s, 1e-3))));
+  const int max_rounds = args.quick ? args.reps : 3 * min_rounds;
+  auto enough_clean = [&] {
+    for (const Row& r : res.rows)
+      if (r.clean(args.threads) < args.reps) return false;
+    return true;
+  };
   const size_t n = res.rows.size();
-  for (int round = 0; round < res.rounds; ++round)
+  for (res.rounds = 0; res.rounds < max_rounds && (res.rounds < min_rounds || !enough_clean()); ++res.rounds)
     for (size_t i = 0; i < n; ++i) {
-      Row& r = res.rows[(i + static_cast<size_t>(round)) % n];
-      r.seconds.push_back(bench::time_seconds(r.run.run));
+      Row& r = res.rows[(i + static_cast<size_t>(res.rounds)) % n];
+      r.samples.push_back(measure(r.run.run));
     }
+  // One rule for every strategy of the workload, so the ratios compare like with like.
+  for (const Row& r : res.rows) res.contended = res.contended || (!args.quick && r.clean(args.threads) < 3);
+  for (Row& r : res.rows) r.select(args.threads, /*clean_only=*/!args.quick && !res.contended);
   return res;
 }
 
@@ -250,41 +306,65 @@ bool print_result(const Result& res, int threads) {
   const Row* dense = res.find(bench::Strategy::dense);
   const Row* causal = res.find(bench::Strategy::causal);
   const double dense_pairs = static_cast<double>(w.tokens()) * static_cast<double>(w.tokens());
-  std::printf("### %s\n\n%s; median of %d rounds\n\n", w.name.c_str(), describe(w, threads).c_str(), res.rounds);
+  std::printf("### %s\n\n%s; %d rounds\n\n", w.name.c_str(), describe(w, threads).c_str(), res.rounds);
 
-  std::vector<std::vector<std::string>> table = {{"strategy", "exact?", "median ms", "spread", "vs dense", "vs causal",
+  std::vector<std::vector<std::string>> table = {{"strategy", "exact?", "median ms", "rounds", "spread", "vs dense", "vs causal",
                                                   "FLOP ratio", "plan eff.", "workspace", "ΔRSS", "GFLOP/s"}};
   bool all_exact = true;
   for (const Row& r : res.rows) {
     const double t = r.median_s();
-    const auto [lo, hi] = std::minmax_element(r.seconds.begin(), r.seconds.end());
+    const auto [lo, hi] = std::minmax_element(r.used.begin(), r.used.end());
     const bool exact = r.error <= kExactTolerance && std::isfinite(r.error);
     all_exact = all_exact && exact;
     const double gflops = 4.0 * double(w.head_dim) * double(w.heads) * r.run.allowed_pairs / t * 1e-9;
     table.push_back({r.run.name, fmt("%s (%.0e)", exact ? "yes" : "NO", r.error), fmt("%.1f", 1e3 * t),
+                     fmt("%d/%zu%s", r.clean(threads), r.samples.size(), res.contended ? "*" : ""),
                      fmt("%.0f%%", 100.0 * (*hi - *lo) / t), dense ? ratio_text(dense->median_s() / t) : "-",
                      causal ? ratio_text(causal->median_s() / t) : "-", ratio_text(dense_pairs / r.run.allowed_pairs),
                      fmt("%.2f", r.run.efficiency()), bytes_text(r.run.workspace_bytes),
                      r.rss_delta_mib >= 0 ? fmt("%.1f MiB", r.rss_delta_mib) : "n/a", fmt("%.1f", gflops)});
   }
   std::printf("%s\n",
-              markdown_table(table, {false, false, true, true, true, true, true, true, true, true, true}).c_str());
+              markdown_table(table, {false, false, true, true, true, true, true, true, true, true, true, true}).c_str());
+  if (res.contended)
+    std::printf("\\* fewer than 3 clean rounds for some strategy (another process held a core): medians are over "
+                "all rounds.\n\n");
 
   // The bar: the planned strategy's speedup over dense reaches 80% of its FLOP ratio. The
   // shortfall splits exactly into plan efficiency x the speed per computed pair relative to dense.
-  // The same from the fastest round of each (noise on a shared machine only ever adds time).
+  // Cross-checks: the same from the fastest round of each (noise only ever adds time), and from the
+  // median CPU time of the process (the work done, whoever else held the cores).
   if (const Row* s = res.target(); s && dense) {
     const double flop_ratio = dense_pairs / s->run.allowed_pairs;
     const double share = dense->median_s() / s->median_s() / flop_ratio;
     const double share_min = dense->min_s() / s->min_s() / flop_ratio;
+    const double share_cpu = dense->median_cpu_s() / s->median_cpu_s() / flop_ratio;
     std::printf("%s: speedup %s of FLOP ratio %s = %.0f%% (target >= 80%%: %s) = plan efficiency %.2f x speed per "
-                "computed pair %.2f of dense's; from the fastest rounds: %.0f%%\n\n",
+                "computed pair %.2f of dense's. Cross-checks: fastest rounds %.0f%%, CPU time %.0f%%\n\n",
                 s->run.name.c_str(), ratio_text(dense->median_s() / s->median_s()).c_str(),
                 ratio_text(flop_ratio).c_str(), 100.0 * share, share >= 0.8 ? "met" : "NOT met", s->run.efficiency(),
-                share / s->run.efficiency(), 100.0 * share_min);
+                share / s->run.efficiency(), 100.0 * share_min, 100.0 * share_cpu);
   }
   std::fflush(stdout);
   return all_exact;
+}
+
+// The done-when, one line per workload.
+void print_summary(const std::vector<Result>& results) {
+  std::vector<std::vector<std::string>> table = {{"workload", "planned strategy", "FLOP ratio", "speedup vs dense",
+                                                  "share of FLOP ratio", ">= 80%?", "plan eff.", "pair speed vs dense"}};
+  for (const Result& res : results) {
+    const Row* s = res.target();
+    const Row* dense = res.find(bench::Strategy::dense);
+    if (!s || !dense) continue;
+    const double ratio = double(res.workload->tokens()) * double(res.workload->tokens()) / s->run.allowed_pairs;
+    const double speedup = dense->median_s() / s->median_s();
+    table.push_back({res.workload->name + (res.contended ? " *" : ""), s->run.name, ratio_text(ratio),
+                     ratio_text(speedup), fmt("%.0f%%", 100.0 * speedup / ratio), speedup >= 0.8 * ratio ? "yes" : "no",
+                     fmt("%.2f", s->run.efficiency()), fmt("%.2f", speedup / ratio / s->run.efficiency())});
+  }
+  std::printf("### Summary: planned strategy's speedup vs its FLOP ratio\n\n%s\n",
+              markdown_table(table, {false, false, true, true, true, false, true, true}).c_str());
 }
 
 // ---- the chart ------------------------------------------------------------------------------------
@@ -379,8 +459,8 @@ int main(int argc, char** argv) {
   bench::set_threads(args.threads);
   const std::string machine = cpu_model() + ", " + std::to_string(std::thread::hardware_concurrency()) +
                               " hardware threads; " + std::to_string(args.threads) + " threads used";
-  std::printf("machine: %s\nload average at start: %s\nrounds: at least %d per workload (more for short ones), each "
-              "strategy once per round, after 1 warm-up call%s\n\n",
+  std::printf("machine: %s\nload average at start: %s\nrounds: each strategy once per round after 1 warm-up call, "
+              "until >= %d clean rounds each (more rounds for short workloads)%s\n\n",
               machine.c_str(), load_average().c_str(), args.reps, args.quick ? "; --quick sizes" : "");
   std::fflush(stdout);
 
@@ -397,6 +477,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "comparison_table: %s\n", e.what());
     return 1;
   }
+  print_summary(results);
   std::printf("load average at end: %s\n", load_average().c_str());
   write_svg(args.svg, results, machine + ", median of >= " + std::to_string(args.reps) + " rounds");
   std::printf("chart: %s\n", args.svg.c_str());
