@@ -142,8 +142,8 @@ TEST(Decode, MatchesReferenceOverRandomCases) {
   for (const auto& [family, count] : families) EXPECT_GE(count, 5) << family;
 }
 
-// The runtime's case: 4 images then text, one new text token, GQA, bf16 cache, more workers than
-// KV heads: the keys are split, and the token sees every image and all earlier text.
+// The runtime's case: 4 images then text, one new text token, GQA, bf16 cache: the keys are split
+// over the workers, and the token sees every image and all earlier text.
 TEST(Decode, StructuredPolicyLongTextSplitsAndMatchesForward) {
   const SequenceLayout layout = SequenceLayout::images_then_text(4, 6, 6, kSlowBuild ? 200 : 700);
   const RegionPolicy policy = RegionPolicy::structured();
@@ -151,14 +151,16 @@ TEST(Decode, StructuredPolicyLongTextSplitsAndMatchesForward) {
   const index_t n = layout.size();
   const Buffers b = make_qkv(cfg, 1, n, 2024);
   const TypedTensor<bf16> k(b.k), v(b.v);
-  const Executor executor = make_executor(3);  // 16 workers claimed, 2 KV heads: must split
+  const Executor executor = make_executor(3);  // 16 workers claimed: must split
+  DecodeOptions options;
+  options.split.min_keys_per_split = 64;  // the short sanitizer-build cache splits too
   Tensor out(1, cfg.num_heads, cfg.head_dim);
   Lse lse(1, cfg.num_heads);
-  decode_attention(cfg, layout, policy, b.q.cview(), k.cview(), v.cview(), out.view, lse.view, {}, executor);
+  decode_attention(cfg, layout, policy, b.q.cview(), k.cview(), v.cview(), out.view, lse.view, options, executor);
 
   const Plan plan = plan_decode(layout, policy, 1);
-  const kernel::SplitPlan sp = kernel::plan_split_kv(plan, cfg, executor.concurrency(), {});
-  EXPECT_EQ(sp.heads_per_item, 4);  // the 4 query heads of a KV head share its loads
+  const kernel::SplitPlan sp = kernel::plan_split_kv(plan, cfg, executor.concurrency(), options.split);
+  EXPECT_EQ(sp.heads_per_item, 8);  // one item runs every head over its keys
   EXPECT_GT(sp.slots, 1);
   const Tensor kr = k.widened(), vr = v.widened();
   const Result ref = run_reference(cfg, b.q.cview(), kr.cview(), vr.cview(), MaskPredicate{&layout, &policy}, n - 1);
@@ -166,12 +168,12 @@ TEST(Decode, StructuredPolicyLongTextSplitsAndMatchesForward) {
   EXPECT_LE(max_lse_error(lse, ref.lse), 1e-5);
 
   // The same through MultimodalAttention: forward (no split) and forward_split_kv.
-  PlanOptions options;
-  options.query_begin = n - 1;
-  const MultimodalAttention<float> mm(cfg, layout, policy, options, executor);
+  PlanOptions last;
+  last.query_begin = n - 1;
+  const MultimodalAttention<float> mm(cfg, layout, policy, last, executor);
   Tensor plain(1, cfg.num_heads, cfg.head_dim), split(1, cfg.num_heads, cfg.head_dim);
   mm.forward(b.q.cview(), k.cview(), v.cview(), plain.view);
-  mm.forward_split_kv(b.q.cview(), k.cview(), v.cview(), split.view);
+  mm.forward_split_kv(b.q.cview(), k.cview(), v.cview(), split.view, {}, options.split);
   EXPECT_LE(max_relative_error(plain, out), 1e-6);
   EXPECT_TRUE(same_bits(split.storage, out.storage));
 }
@@ -300,9 +302,10 @@ TEST(Decode, SplitPlanCoversEveryBlockOnce) {
         }
       }
     }
-    // GQA groups heads only while the grouped tile stays small.
+    // All heads per item while a KV head's query rows stay few, head by head past that.
     const kernel::SplitPlan g = kernel::plan_split_kv(plan, gqa, 2, {});
-    EXPECT_EQ(g.heads_per_item, plan.max_query_tile() * 4 <= kernel::kMaxGroupRows ? 4 : 1);
+    EXPECT_EQ(g.heads_per_item, plan.max_query_tile() * 4 <= kernel::kMaxDecodeRowsPerKvHead ? 8 : 1);
+    EXPECT_EQ(g.heads_per_item, m == 100 ? 1 : 8);
   }
 }
 

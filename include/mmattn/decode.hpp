@@ -2,8 +2,9 @@
 // Decode: the newest 1..few tokens of a sequence attend to the KV cache holding the whole sequence
 // so far (images and earlier text) under the same region policy, so a new text token sees every
 // image and all earlier text. The query tile has few rows, so the keys are split over the workers
-// (split-KV) and the partial results merged exactly through their log-sum-exp; the query heads of
-// a GQA group share each K/V load. The cache may be contiguous (TensorView) or paged (PagedKVView).
+// (split-KV) and the partial results merged exactly through their log-sum-exp; each worker streams
+// its keys' rows for every head in memory order, each row read once for all the query heads that
+// use it (kernel/decode_kernel.hpp). The cache may be contiguous (TensorView) or paged (PagedKVView).
 //
 // Chunked prefill is forward() with a plan over a query slice (PlanOptions::query_begin / query_end);
 // decode is the slice that ends at the layout's end, planned per step here (the layout grows by the

@@ -47,9 +47,9 @@ class MultimodalAttention {
   }
 
   // forward(), with each query tile's keys split into chunks run in parallel and merged exactly
-  // when the plan has too few (tile, head) items for the executor: decode, short chunks, few heads.
-  // Query heads sharing a KV head run as one tile when their rows are few, so K and V are read
-  // once per KV head. Results equal forward()'s to fp32 rounding (not bitwise).
+  // when the plan has too few work items for the executor: decode, short chunks, few heads.
+  // Tiles of few rows run every head per item, streaming K and V in memory order (decode_kernel.hpp).
+  // Results equal forward()'s to fp32 rounding (not bitwise).
   template <class TQ, class KView, class VView, class TO>
   void forward_split_kv(const TensorView<TQ>& q, const KView& k, const VView& v, const TensorView<TO>& out,
                         const LseView& lse = {}, const SplitKvOptions& options = {}) const {

@@ -1,16 +1,32 @@
 #pragma once
-// The tiled loop for query tiles of a few rows (decode, the tail of a chunk): the G query heads
-// that share a KV head (GQA) run as one tile of G x rows, so each K and V block is loaded and
-// converted once per KV head instead of once per query head. Decode is memory-bound: reading
-// K and V G times over costs G times the bandwidth.
+// The kernel for query tiles of a few rows (decode; the tail of a chunk), all heads at once.
 //
-// Same contract as attend_tile: rows are positions - plan.query_begin, the block sub-range
+// Decode is memory-bound: each K and V element is used by only G x m query rows (G query heads per
+// KV head, m new tokens), so the time is the time to stream the cache. Three things keep this loop
+// at the stream's pace (measured on the 2-core AVX-512 machine, bench/decode.cpp):
+//  - Memory order. Head by head (attend_tile) walks a [tokens, kv_heads, head_dim] cache with a
+//    stride of kv_heads rows: a new 4 KiB page every row or two, which defeats the hardware
+//    prefetchers and the TLB (~3 GB/s on 2 cores). Here one work item takes a range of key blocks
+//    for every head, and reads a key's rows for all KV heads together.
+//  - No tile copies. Each row feeds the G x m query rows of its KV head straight from where it is
+//    (a dot product per row for the scores, an axpy per row for P V); no (keys, head_dim) tile is
+//    gathered and no GEMM packs it again. 16-bit rows are widened in registers (Eigen's packet
+//    casts) where the build has packets of the float width for them, else once into an L1 row.
+//  - Registers, not stores. P V keeps each accumulator packet in a register over kSubKeys keys: a
+//    load and store per FMA would bound the loop by store throughput.
+//
+// Same contract as attend_tile: Q and O rows are positions - plan.query_begin; the block sub-range
 // [block_begin, block_end) gives a partial result that merges exactly through its log-sum-exp.
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/kernel/block_mask.hpp"
+#include "mmattn/kernel/convert.hpp"
 #include "mmattn/kernel/online_softmax.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
 #include "mmattn/plan.hpp"
@@ -18,48 +34,276 @@
 
 namespace mmattn::kernel {
 
-// Rows of one grouped tile: the queries of a tile times the query heads of one KV head. Past this
-// the group's Q, scores and accumulator leave L1/L2 and per-head tiles (attend_tile) are better.
-inline constexpr index_t kMaxGroupRows = 64;
+// Query rows per KV head (G x m) up to which a tile runs through this kernel. Each key row then
+// feeds at most this many dot products and axpys; past it a GEMM (attend_tile) reuses K and V
+// rows from registers better than row-at-a-time code does.
+inline constexpr index_t kMaxDecodeRowsPerKvHead = 16;
+
+// Keys whose V rows one P V step accumulates with the accumulators held in registers.
+inline constexpr index_t kSubKeys = 8;
 
 inline index_t heads_per_kv_head(const AttentionConfig& cfg) { return cfg.num_heads / cfg.num_kv_heads; }
 
-// Row r of the grouped tile is query head kv_head * G + r / rows of the tile's query r % rows
-// (head-major: each head's rows are one slice, masked like a plain tile).
+inline bool use_decode_kernel(const Plan& plan, const AttentionConfig& cfg) {
+  return plan.max_query_tile() * heads_per_kv_head(cfg) <= kMaxDecodeRowsPerKvHead;
+}
+
+// Row-at-a-time micro-kernels in Eigen's packets (SSE to AVX-512, whatever the build enables).
+namespace gemv {
+
+using Packet = Eigen::internal::packet_traits<float>::type;
+inline constexpr index_t kLanes = Eigen::internal::packet_traits<float>::size;
+// 4 FMA chains in flight hide the FMA latency (4 cycles); fewer rows than that split each row's
+// sum over several accumulators.
+inline constexpr int kChains = 4;
+
+// Rows of T are read in place when kLanes of them widen to one float packet: float, and bf16 / f16
+// where Eigen has packets of that width (AVX, AVX-512); other rows are widened into a float row.
+template <class T>
+inline constexpr bool kInPlace = std::is_same_v<T, float> ||
+                                 (Eigen::internal::packet_traits<T>::Vectorizable &&
+                                  Eigen::internal::packet_traits<T>::size == kLanes);
+
+template <class T>
+inline Packet load(const T* p) {
+  using namespace Eigen::internal;
+  if constexpr (std::is_same_v<T, float>) {
+    return ploadu<Packet>(p);
+  } else {
+    using Narrow = typename packet_traits<T>::type;
+    return pcast<Narrow, Packet>(ploadu<Narrow>(p));
+  }
+}
+
+// s[i * s_stride] = dot(q + i * dim, k) for i < kRows: k is loaded once for the kRows rows.
+template <int kRows, class T>
+inline void dots(const float* q, index_t dim, const T* k, float* s, index_t s_stride) {
+  using namespace Eigen::internal;
+  constexpr int kSplit = kChains / kRows > 0 ? kChains / kRows : 1;  // accumulators per row
+  Packet acc[kRows][kSplit];
+  for (int i = 0; i < kRows; ++i)
+    for (int c = 0; c < kSplit; ++c) acc[i][c] = pset1<Packet>(0.0f);
+  index_t d = 0;
+  for (; d + kSplit * kLanes <= dim; d += kSplit * kLanes) {
+    for (int c = 0; c < kSplit; ++c) {
+      const Packet kp = load(k + d + c * kLanes);
+      for (int i = 0; i < kRows; ++i) acc[i][c] = pmadd(ploadu<Packet>(q + i * dim + d + c * kLanes), kp, acc[i][c]);
+    }
+  }
+  for (; d + kLanes <= dim; d += kLanes) {
+    const Packet kp = load(k + d);
+    for (int i = 0; i < kRows; ++i) acc[i][0] = pmadd(ploadu<Packet>(q + i * dim + d), kp, acc[i][0]);
+  }
+  for (int i = 0; i < kRows; ++i) {
+    for (int c = 1; c < kSplit; ++c) acc[i][0] = padd(acc[i][0], acc[i][c]);
+    float x = predux(acc[i][0]);
+    for (index_t t = d; t < dim; ++t) x += q[i * dim + t] * static_cast<float>(k[t]);
+    s[i * s_stride] = x;
+  }
+}
+
+// acc + i * dim += sum_j p[i * p_stride + j] * v[j][0, dim) for i < kRows, j < keys.
+template <int kRows, class T>
+inline void axpy_block(const float* p, index_t p_stride, index_t keys, const T* const* v, index_t dim, float* acc) {
+  using namespace Eigen::internal;
+  index_t d = 0;
+  for (; d + kLanes <= dim; d += kLanes) {
+    Packet a[kRows];
+    for (int i = 0; i < kRows; ++i) a[i] = ploadu<Packet>(acc + i * dim + d);
+    for (index_t j = 0; j < keys; ++j) {
+      const Packet vp = load(v[j] + d);
+      for (int i = 0; i < kRows; ++i) a[i] = pmadd(pset1<Packet>(p[i * p_stride + j]), vp, a[i]);
+    }
+    for (int i = 0; i < kRows; ++i) pstoreu(acc + i * dim + d, a[i]);
+  }
+  for (; d < dim; ++d)
+    for (int i = 0; i < kRows; ++i)
+      for (index_t j = 0; j < keys; ++j) acc[i * dim + d] += p[i * p_stride + j] * static_cast<float>(v[j][d]);
+}
+
+// The rows [0, rows) in groups of 4, the rest by a narrower kernel: one compiled kernel per width.
+template <class Kernel>
+inline void by_fours(index_t rows, Kernel&& kernel) {
+  index_t r = 0;
+  for (; r + 4 <= rows; r += 4) kernel(r, std::integral_constant<int, 4>{});
+  switch (rows - r) {
+    case 3: return kernel(r, std::integral_constant<int, 3>{});
+    case 2: return kernel(r, std::integral_constant<int, 2>{});
+    case 1: return kernel(r, std::integral_constant<int, 1>{});
+    default: return;
+  }
+}
+
+}  // namespace gemv
+
+// Rows of the score tile start at a multiple of this many floats (and the buffer on Eigen's largest
+// alignment), so Eigen's vectorised exp and sum see every row aligned alike: unaligned, they peel
+// a scalar head whose length depends on the heap address, and std::exp and the packet exp differ
+// in the last bit, so results would depend on which thread's buffer ran a tile.
+inline index_t padded_keys(index_t keys) {
+  constexpr index_t kAlign = EIGEN_MAX_ALIGN_BYTES / index_t{sizeof(float)};
+  return (keys + kAlign - 1) / kAlign * kAlign;
+}
+
+using StridedRowMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// Per-thread scratch; grows to the largest shape seen and is then reused.
+struct DecodeWorkspace {
+  using Aligned = std::vector<float, Eigen::aligned_allocator<float>>;
+  std::vector<float> q, acc;            // (heads * m, head_dim): row head * m + i
+  Aligned scores;                       // (heads * m, keys of a block), rows padded_keys apart
+  std::vector<float> row_max, row_sum;  // (heads * m)
+  std::vector<float> bias;              // (m, keys): 0 or -inf, a partial block's mask
+  std::vector<float> rows;              // (kSubKeys + 1, head_dim): widened rows, then a zero row
+  KeyCoords coords;
+
+  void reserve(index_t query_rows, index_t m, index_t keys, index_t dim) {
+    grow(q, query_rows * dim), grow(acc, query_rows * dim), grow(scores, query_rows * padded_keys(keys));
+    grow(row_max, query_rows), grow(row_sum, query_rows), grow(bias, m * keys);
+    grow(rows, (kSubKeys + 1) * dim);
+  }
+
+ private:
+  template <class Buffer>
+  static void grow(Buffer& buf, index_t n) {
+    if (static_cast<index_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  }
+};
+
+// Q K^T for one key block: scores(r, j) for every head's rows, key by key in memory order (row
+// (key, kv_head) for every KV head, then the next key). kInPlace: rows are read where they are,
+// else widened into ws.rows first.
+template <bool kInPlace, class KView>
+void block_scores(const KView& k, const TokenRect& keys, index_t kv_heads, index_t group_rows, index_t dim,
+                  DecodeWorkspace& ws, StridedRowMap& scores) {
+  const index_t n = keys.size();
+  for (index_t j = 0; j < n; ++j) {
+    const index_t pos = keys.at(j);
+    for (index_t kh = 0; kh < kv_heads; ++kh) {
+      const auto* row = [&] {
+        if constexpr (kInPlace) {
+          return k.row(pos, kh);
+        } else {
+          convert_row(k.row(pos, kh), dim, k.dim_stride, 1.0f, ws.rows.data());
+          return static_cast<const float*>(ws.rows.data());
+        }
+      }();
+      const index_t r0 = kh * group_rows;
+      gemv::by_fours(group_rows, [&](index_t r, auto width) {
+        gemv::dots<decltype(width)::value>(ws.q.data() + (r0 + r) * dim, dim, row, &scores(r0 + r, j),
+                                           scores.outerStride());
+      });
+    }
+  }
+}
+
+// acc += P V for one key block, kSubKeys keys at a time per KV head. A row no query of its group
+// weighs is never read: a zero row stands in (masked keys may hold anything, even NaN).
+template <bool kInPlace, class VView>
+void block_values(const VView& v, const TokenRect& keys, index_t kv_heads, index_t group_rows, index_t dim,
+                  DecodeWorkspace& ws, const StridedRowMap& p) {
+  const index_t n = keys.size();
+  using T = view_element_t<VView>;
+  using E = std::conditional_t<kInPlace, T, float>;  // what the axpys read
+  thread_local std::vector<T> zero_row;  // in the view's own type, for rows read in place
+  if (static_cast<index_t>(zero_row.size()) < dim) zero_row.assign(static_cast<size_t>(dim), T(0.0f));
+  float* const zero_float = ws.rows.data() + kSubKeys * dim;
+  std::fill(zero_float, zero_float + dim, 0.0f);
+  const E* rows[kSubKeys];
+  for (index_t j0 = 0; j0 < n; j0 += kSubKeys) {
+    const index_t sn = std::min(kSubKeys, n - j0);
+    for (index_t kh = 0; kh < kv_heads; ++kh) {
+      const index_t r0 = kh * group_rows;
+      for (index_t j = 0; j < sn; ++j) {
+        bool weighed = false;
+        for (index_t r = r0; r < r0 + group_rows; ++r) weighed = weighed || p(r, j0 + j) != 0.0f;
+        if constexpr (kInPlace) {
+          rows[j] = weighed ? v.row(keys.at(j0 + j), kh) : zero_row.data();
+        } else if (weighed) {
+          float* dst = ws.rows.data() + j * dim;
+          convert_row(v.row(keys.at(j0 + j), kh), dim, v.dim_stride, 1.0f, dst);
+          rows[j] = dst;
+        } else {
+          rows[j] = zero_float;
+        }
+      }
+      gemv::by_fours(group_rows, [&](index_t r, auto width) {
+        gemv::axpy_block<decltype(width)::value>(&p(r0 + r, j0), p.outerStride(), sn, rows, dim,
+                                                 ws.acc.data() + (r0 + r) * dim);
+      });
+    }
+  }
+}
+
 template <class QView, class KView, class VView, class TO>
-void attend_tile_group(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
-                       index_t kv_head, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                       const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
-  const index_t group = heads_per_kv_head(cfg), m = tile.queries.size(), rows = group * m, dim = cfg.head_dim;
-  const index_t first_head = kv_head * group;
-  ws.reserve(rows, plan.tiles.key, dim);
-  for (index_t g = 0; g < group; ++g)
-    load_rows(q, first_head + g, tile.queries, plan.query_begin, cfg.resolved_scale(), ws.q.data() + g * m * dim);
-  const Eigen::Map<const RowMatrix> q_tile(ws.q.data(), rows, dim);  // (G * m, dim), pre-scaled
-  OnlineSoftmax softmax(ws.acc.data(), ws.row_max.data(), ws.row_sum.data(), rows, dim);
+void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
+                           const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                           const TensorView<TO>& out, const LseView& lse, DecodeWorkspace& ws) {
+  using Vec = Eigen::Map<Eigen::VectorXf>;
+  using TK = view_element_t<KView>;
+  using TV = view_element_t<VView>;
+  const index_t m = tile.queries.size(), heads = cfg.num_heads, kv_heads = cfg.num_kv_heads;
+  const index_t group_rows = heads_per_kv_head(cfg) * m;  // query rows per KV head, consecutive
+  const index_t rows = heads * m, dim = cfg.head_dim;
+  ws.reserve(rows, m, plan.tiles.key, dim);
+  for (index_t h = 0; h < heads; ++h)
+    load_rows(q, h, tile.queries, plan.query_begin, cfg.resolved_scale(), ws.q.data() + h * m * dim);
+  Eigen::Map<RowMatrix> acc(ws.acc.data(), rows, dim);  // (heads * m, dim), unnormalised
+  Vec row_max(ws.row_max.data(), rows), row_sum(ws.row_sum.data(), rows);
+  acc.setZero();
+  row_max.setConstant(kNegInf);
+  row_sum.setZero();
+  // In place when the rows are contiguous and widen in registers; else widened into ws.rows.
+  const bool k_in_place = gemv::kInPlace<TK> && k.dim_stride == 1;
+  const bool v_in_place = gemv::kInPlace<TV> && v.dim_stride == 1;
 
   for (index_t b = block_begin; b < block_end; ++b) {
     const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
-    const index_t keys = block.keys.size();
-    const ConstStridedRowMap k_block = key_rows(k, kv_head, block.keys, ws.k.data());  // (keys, dim)
-    const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
-    RowMap scores(ws.scores.data(), rows, keys);                                        // (G * m, keys)
-    scores.noalias() = q_tile * k_block.transpose();
-    if (!block.full) {
-      for (index_t g = 0; g < group; ++g) {
-        RowMap head_scores(ws.scores.data() + g * m * keys, m, keys);  // (m, keys)
-        apply_block_mask(head_scores, tile.queries, block.keys, block.mask, ws.coords);
-      }
+    const TokenRect& keys = block.keys;
+    const index_t n = keys.size();
+    StridedRowMap scores(ws.scores.data(), rows, n, Eigen::OuterStride<>(padded_keys(n)));  // (heads * m, n)
+    if constexpr (gemv::kInPlace<TK>) {
+      if (k_in_place) block_scores</*kInPlace=*/true>(k, keys, kv_heads, group_rows, dim, ws, scores);
     }
-    softmax.update(scores, v_block);
+    if (!k_in_place) block_scores</*kInPlace=*/false>(k, keys, kv_heads, group_rows, dim, ws, scores);
+
+    if (!block.full) {  // one mask for all heads: it depends on positions only
+      RowMap bias(ws.bias.data(), m, n);  // (m, n)
+      bias.setZero();
+      apply_block_mask(bias, tile.queries, keys, block.mask, ws.coords);
+      for (index_t r = 0; r < rows; ++r)  // select, not add: a masked key's score may be anything
+        for (index_t j = 0; j < n; ++j)
+          if (bias(r % m, j) == kNegInf) scores(r, j) = kNegInf;
+    }
+
+    // The online softmax step of OnlineSoftmax::update, row by row.
+    for (index_t r = 0; r < rows; ++r) {
+      auto s = scores.row(r).array();
+      const float m_new = std::max(row_max[r], s.maxCoeff());
+      if (m_new == kNegInf) {  // nothing allowed yet: -inf minus -inf would be NaN
+        s.setZero();
+        continue;
+      }
+      s = (s - m_new).exp();  // masked keys become exactly 0
+      const float alpha = std::exp(row_max[r] - m_new);  // 0 on the first allowed block
+      row_sum[r] = row_sum[r] * alpha + s.sum();
+      if (alpha != 1.0f) acc.row(r) *= alpha;
+      row_max[r] = m_new;
+    }
+
+    if constexpr (gemv::kInPlace<TV>) {
+      if (v_in_place) block_values</*kInPlace=*/true>(v, keys, kv_heads, group_rows, dim, ws, scores);
+    }
+    if (!v_in_place) block_values</*kInPlace=*/false>(v, keys, kv_heads, group_rows, dim, ws, scores);
   }
 
-  softmax.finalize([&](index_t r, const auto& o_row, float row_lse) {
-    const index_t head = first_head + r / m, token = tile.queries.at(r % m) - plan.query_begin;
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t head = r / m, token = tile.queries.at(r % m) - plan.query_begin;
+    const float l = row_sum[r], inv = l > 0 ? 1.0f / l : 0.0f;
     TO* dst = out.row(token, head);
-    for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o_row[d]);
-    if (lse) lse(token, head) = row_lse;
-  });
+    for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc(r, d) * inv);
+    if (lse) lse(token, head) = l > 0 ? row_max[r] + std::log(l) : kNegInf;
+  }
 }
 
 }  // namespace mmattn::kernel

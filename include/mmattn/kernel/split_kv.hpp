@@ -1,8 +1,9 @@
 #pragma once
-// Split-KV (FlashDecoding; ggml's third path): when a plan has too few (query tile, head) items to
-// keep every worker busy (decode: one tile of 1..few rows), each tile's key blocks are cut into
-// chunks of about equal key count, the chunks run in parallel into scratch partial outputs and
-// log-sum-exps, and the last chunk of a tile to finish merges them exactly (merge.hpp).
+// Split-KV (FlashDecoding; ggml's third path): when a plan has too few work items to keep every
+// worker busy (decode: one tile of 1..few rows), each tile's key blocks are cut into chunks of
+// about equal key count, the chunks run in parallel into scratch partial outputs and log-sum-exps,
+// and the last chunk of a tile to finish merges them exactly (merge.hpp). Tiles of few rows run
+// all heads per item (decode_kernel.hpp), others head by head (attend_tile).
 
 #include <algorithm>
 #include <atomic>
@@ -45,7 +46,7 @@ struct KeyChunk {
 };
 
 struct SplitPlan {
-  index_t heads_per_item = 1;        // G (grouped kernel: all query heads of a KV head) or 1 (attend_tile)
+  index_t heads_per_item = 1;        // num_heads (attend_tile_all_heads: few rows) or 1 (attend_tile)
   index_t slots = 1;                 // partial results per split tile; 1: nothing is split, no scratch
   std::vector<index_t> tile_chunks;  // per query tile: its number of chunks
   std::vector<KeyChunk> chunks;      // costliest first: the order work is handed out
@@ -82,8 +83,7 @@ inline SplitPlan plan_split_kv(const Plan& plan, const AttentionConfig& cfg, int
   MMATTN_REQUIRE(options.splits >= 0, "split-KV: splits must be >= 0, got " + std::to_string(options.splits));
   MMATTN_REQUIRE(options.min_keys_per_split > 0, "split-KV: min_keys_per_split must be positive");
   SplitPlan sp;
-  const index_t group = heads_per_kv_head(cfg);
-  sp.heads_per_item = group > 1 && plan.max_query_tile() * group <= kMaxGroupRows ? group : 1;
+  sp.heads_per_item = use_decode_kernel(plan, cfg) ? cfg.num_heads : 1;
   const index_t items_per_chunk = cfg.num_heads / sp.heads_per_item;
   const auto tiles = static_cast<index_t>(plan.query_tiles.size());
 
@@ -161,16 +161,18 @@ void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView&
 
   const auto items = static_cast<index_t>(sp.chunks.size()) * per_chunk;
   executor.parallel_for(items, [&](index_t item) {
-    thread_local Workspace ws;
     const KeyChunk& chunk = sp.chunks[static_cast<size_t>(item / per_chunk)];
-    const index_t which = item % per_chunk;  // the KV head (grouped) or the query head
+    const index_t which = item % per_chunk;  // the query head (attend_tile), 0 (all heads)
     const QueryTile& tile = plan.query_tiles[static_cast<size_t>(chunk.tile)];
     const index_t chunks = sp.tile_chunks[static_cast<size_t>(chunk.tile)];
     auto run = [&](const auto& o, const LseView& l) {
-      if (hpi > 1)
-        attend_tile_group(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q, k, v, o, l, ws);
-      else
+      if (hpi > 1) {
+        thread_local DecodeWorkspace ws;
+        attend_tile_all_heads(plan, tile, chunk.block_begin, chunk.block_end, cfg, q, k, v, o, l, ws);
+      } else {
+        thread_local Workspace ws;
         attend_tile(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q, k, v, o, l, ws);
+      }
     };
     if (chunks == 1) return run(out, lse);
 
@@ -189,7 +191,8 @@ void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView&
       for (index_t head = which * hpi; head < (which + 1) * hpi; ++head) {
         for (index_t s = 0; s < chunks; ++s) lses[s] = slot_lse(s)(token, head);
         const float row_lse = merge_row(chunks, lses, dim, [&](index_t s, float w, float* a) {
-          Eigen::Map<Eigen::ArrayXf>(a, dim) += w * Eigen::Map<const Eigen::ArrayXf>(slot_out(s).row(token, head), dim);
+          const float* part = slot_out(s).row(token, head);
+          for (index_t d = 0; d < dim; ++d) a[d] += w * part[d];  // no Eigen peeling: same bits at any address
         }, acc);
         TO* dst = out.row(token, head);
         for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[d]);
