@@ -51,6 +51,11 @@ struct QueryTile {
 struct TileSizes {
   index_t query = 64;  // rows of a query tile
   index_t key = 128;   // keys in a key block
+  // Rows of an image's query patch under a 2-D window (0: `query`). Smaller patches shrink the
+  // window union each query tile must visit, at the price of shorter GEMMs.
+  index_t window_query = 0;
+
+  index_t window_query_rows() const { return window_query > 0 ? std::min(window_query, query) : query; }
 };
 
 struct Plan {

@@ -226,7 +226,8 @@ inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, 
       continue;
     }
     auto add_image_tiles = [&](ImageTiling tiling) {
-      const detail::PatchShape shape = detail::tile_shape(seg, tiles.query, tiling);
+      const index_t rows = tiling == ImageTiling::patches ? tiles.window_query_rows() : tiles.query;
+      const detail::PatchShape shape = detail::tile_shape(seg, rows, tiling);
       rects.clear();
       for (index_t r0 = 0; r0 < seg.rows; r0 += shape.rows)
         for (index_t c0 = 0; c0 < seg.cols; c0 += shape.cols)
