@@ -1,6 +1,10 @@
 #pragma once
 // Umbrella header: the public API, nothing else.
 
+#include "mmattn/advisor.hpp"
+#include "mmattn/approx/measure_error.hpp"
+#include "mmattn/approx/pooled_cross.hpp"
+#include "mmattn/approx/sparse_cross.hpp"
 #include "mmattn/attention_config.hpp"
 #include "mmattn/config.hpp"
 #include "mmattn/decode.hpp"
@@ -9,6 +13,7 @@
 #include "mmattn/layout.hpp"
 #include "mmattn/merge.hpp"
 #include "mmattn/multimodal_attention.hpp"
+#include "mmattn/npy.hpp"
 #include "mmattn/paged_kv.hpp"
 #include "mmattn/plan_report.hpp"
 #include "mmattn/plan_stats.hpp"
