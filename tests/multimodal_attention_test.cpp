@@ -9,170 +9,28 @@
 #include <cstdio>
 #include <cstdint>
 #include <map>
-#include <random>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/reference.hpp"
+#include "random_cases.hpp"
 #include "test_util.hpp"
 
 namespace mmattn::test {
 namespace {
 
-// Debug + sanitizer builds are ~20x slower: the same 400 cases over the same families and axes,
-// with shorter sequences and at most 6 heads (about 4 s there, 0.5-1.5 s optimised).
+// The same 400 cases over the same families and axes in Debug + sanitizer builds, with shorter
+// sequences and at most 6 heads there (random_cases.hpp; about 4 s there, 0.5-1.5 s optimised).
 constexpr int kCases = 400;
-constexpr index_t kMaxSegments = kSlowBuild ? 4 : 5;
-constexpr index_t kMaxSide = kSlowBuild ? 8 : 10;
-constexpr index_t kMaxText = kSlowBuild ? 14 : 20;
-
-struct Case {
-  std::uint32_t seed = 0;
-  std::string family;
-  SequenceLayout layout;
-  RegionPolicy policy;
-  PlanOptions options;
-  AttentionConfig cfg;
-  Storage q_storage = Storage::contiguous, kv_storage = Storage::contiguous, out_storage = Storage::contiguous;
-  index_t lse_pad = 0;  // extra floats between tokens of the LSE
-  bool serial = false;  // Executor::serial() instead of the default
-};
-
-const char* access_name(Access a) { return a == Access::none ? "none" : a == Access::full ? "full" : "window"; }
-const char* tiling_name(ImageTiling t) {
-  return t == ImageTiling::automatic ? "automatic" : t == ImageTiling::row_strips ? "row_strips" : "patches";
-}
-
-std::string describe(const Case& c) {
-  std::ostringstream s;
-  s << "seed=" << c.seed << " family=" << c.family << " heads=" << c.cfg.num_heads << " kv_heads=" << c.cfg.num_kv_heads
-    << " head_dim=" << c.cfg.head_dim << "\n  layout:";
-  for (const Segment& seg : c.layout.segments())
-    s << (seg.is_image() ? " I" + std::to_string(seg.rows) + "x" + std::to_string(seg.cols)
-                         : " T" + std::to_string(seg.length));
-  s << " (" << c.layout.size() << " tokens)\n  rules:";
-  for (int i = 0; i < kRegionPairs; ++i) {
-    const Rule& r = c.policy.rule(static_cast<RegionPair>(i));
-    s << " [" << region_pair_name(static_cast<RegionPair>(i)) << ": " << access_name(r.access);
-    if (r.access == Access::window)
-      s << (r.window.kind == WindowKind::sliding ? " sliding " : " partitioned ") << r.window.height << "x"
-        << r.window.width << " dil " << r.window.dilation_h << "x" << r.window.dilation_w;
-    if (r.causal) s << " causal";
-    s << "]";
-  }
-  s << "\n  tiles " << c.options.tiles.query << "x" << c.options.tiles.key << ", tiling "
-    << tiling_name(c.options.image_tiling) << ", queries [" << c.options.query_begin << ", " << c.options.query_end
-    << "), storage q " << storage_name(c.q_storage) << " kv " << storage_name(c.kv_storage) << " out "
-    << storage_name(c.out_storage) << ", lse pad " << c.lse_pad << (c.serial ? ", serial" : ", default executor");
-  return s.str();
-}
-
-index_t uniform(std::mt19937& gen, index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(gen); }
-
-SequenceLayout random_layout(std::mt19937& gen) {
-  SequenceLayout layout;
-  const index_t segments = uniform(gen, 1, kMaxSegments);
-  for (index_t i = 0; i < segments; ++i) {
-    switch (uniform(gen, 0, 5)) {
-      case 0:
-      case 1:
-      case 2: layout.add_image(uniform(gen, 1, kMaxSide), uniform(gen, 1, kMaxSide)); break;  // non-square
-      case 3: layout.add_image(uniform(gen, 1, 3), uniform(gen, 1, 3)); break;                 // smaller than windows
-      default: layout.add_text(uniform(gen, 1, kMaxText)); break;
-    }
-  }
-  return layout;
-}
-
-Window2D random_window(std::mt19937& gen) {
-  const index_t sizes[] = {1, 3, 5, 7, 9};
-  if (gen() % 2) {
-    return Window2D::sliding(sizes[uniform(gen, 0, 4)], sizes[uniform(gen, 0, 4)], uniform(gen, 1, 3),
-                             uniform(gen, 1, 3));
-  }
-  Window2D w = Window2D::partitioned(uniform(gen, 1, 8), uniform(gen, 1, 8));
-  if (gen() % 4 == 0) w.dilation_h = uniform(gen, 1, 3), w.dilation_w = uniform(gen, 1, 3);
-  return w;
-}
-
-Rule random_rule(std::mt19937& gen, RegionPair pair) {
-  const index_t choices = pair == RegionPair::image_same_image ? 5 : 3;
-  switch (uniform(gen, 0, choices - 1)) {
-    case 0: return Rule::none();
-    case 1: return Rule::full();
-    case 2: return Rule::causal_full();
-    case 3: return Rule::windowed(random_window(gen));
-    default: return Rule::windowed(random_window(gen)).and_causal();
-  }
-}
-
-RegionPolicy random_policy(std::mt19937& gen, std::string& family) {
-  switch (uniform(gen, 0, 8)) {
-    case 0: family = "decoder_causal"; return RegionPolicy::decoder_causal();
-    case 1: family = "structured"; return RegionPolicy::structured(random_window(gen));
-    case 2: {
-      family = "structured+causal window";
-      RegionPolicy p = RegionPolicy::structured();
-      p.set(RegionPair::image_same_image, Rule::windowed(random_window(gen)).and_causal());
-      return p;
-    }
-    case 3: family = "bidirectional_images"; return RegionPolicy::bidirectional_images();
-    case 4: family = "qwen25vl_window"; return RegionPolicy::qwen25vl_window(uniform(gen, 1, 9));
-    case 5: family = "dense"; return RegionPolicy::dense();
-    default: {
-      family = "random rules";
-      RegionPolicy p;
-      for (int i = 0; i < kRegionPairs; ++i) p.set(static_cast<RegionPair>(i), random_rule(gen, static_cast<RegionPair>(i)));
-      return p;
-    }
-  }
-}
-
-index_t random_tile(std::mt19937& gen) {
-  const index_t sizes[] = {1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 64, 128};
-  return gen() % 3 ? sizes[uniform(gen, 0, 11)] : uniform(gen, 1, 40);
-}
-
-Case random_case(std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  Case c;
-  c.seed = seed;
-  c.layout = random_layout(gen);
-  c.policy = random_policy(gen, c.family);
-  c.options.tiles = {random_tile(gen), random_tile(gen)};
-  c.options.image_tiling = static_cast<ImageTiling>(uniform(gen, 0, 2));
-  const index_t n = c.layout.size();
-  switch (uniform(gen, 0, 3)) {
-    case 0:
-    case 1: break;
-    case 2: c.options.query_begin = uniform(gen, 0, n - 1); break;
-    default:
-      c.options.query_begin = uniform(gen, 0, n - 1);
-      c.options.query_end = uniform(gen, c.options.query_begin + 1, n);
-  }
-  // (heads, kv_heads): MHA, GQA, MQA.
-  const index_t heads[][2] = {{1, 1}, {2, 2}, {3, 3}, {4, 2}, {6, 2}, {6, 3}, {4, 1}, {3, 1}, {8, 2}};
-  const index_t* h = heads[uniform(gen, 0, kSlowBuild ? 7 : 8)];
-  const index_t dims[] = {1, 2, 3, 8, 16, 17, 32, 64, 80};
-  c.cfg = make_config(h[0], h[1], dims[uniform(gen, 0, 8)]);
-  if (gen() % 4 == 0) c.cfg.scale = 0.05f + 0.5f * std::uniform_real_distribution<float>()(gen);
-  c.q_storage = static_cast<Storage>(uniform(gen, 0, 3));
-  c.kv_storage = static_cast<Storage>(uniform(gen, 0, 3));
-  c.out_storage = static_cast<Storage>(uniform(gen, 0, 3));
-  c.lse_pad = uniform(gen, 0, 2);
-  c.serial = gen() % 4 == 0;
-  return c;
-}
 
 struct Worst {
   double o = 0, lse = 0;
 };
 
 // Runs one case; returns "" or what went wrong.
-std::string run_case(const Case& c, Worst& worst) {
+std::string run_case(const cases::Case& c, Worst& worst) {
   const MultimodalAttention<float> mm(c.cfg, c.layout, c.policy, c.options,
                                       c.serial ? Executor::serial() : Executor::default_executor());
   const index_t nq = mm.plan().num_queries(), n = c.layout.size();
@@ -203,8 +61,8 @@ TEST(MultimodalAttention, MatchesReferenceOverRandomCases) {
   int failed = 0;
   Worst worst;
   for (int i = 0; i < kCases; ++i) {
-    const Case c = random_case(0xa77e0000u + static_cast<std::uint32_t>(i));
-    SCOPED_TRACE(describe(c));
+    const cases::Case c = cases::random_case(0xa77e0000u + static_cast<std::uint32_t>(i));
+    SCOPED_TRACE(cases::describe(c));
     ++families[c.family];
     std::string problems;
     const std::string err = error_message([&] { problems = run_case(c, worst); });

@@ -7,8 +7,6 @@
 #include <array>
 #include <cstdint>
 #include <map>
-#include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,6 +14,7 @@
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/plan_stats.hpp"
 #include "mmattn/planner.hpp"
+#include "random_cases.hpp"
 #include "test_util.hpp"
 
 namespace mmattn::test {
@@ -23,133 +22,10 @@ namespace {
 
 // ---- Random cases -------------------------------------------------------------------------------
 
-// Debug + sanitizer builds are ~20x slower: the same 400 cases over the same families and axes, with
-// somewhat shorter sequences (about 3 s there, 0.3 s optimised).
+// The same 400 cases over the same families and axes in Debug + sanitizer builds, with somewhat
+// shorter sequences there (random_cases.hpp; about 3 s there, 0.3 s optimised).
 constexpr int kCases = 400;
-constexpr index_t kMaxSegments = kSlowBuild ? 5 : 6;
-constexpr index_t kMaxSide = kSlowBuild ? 9 : 11;
-constexpr index_t kMaxText = kSlowBuild ? 20 : 24;
-
-struct Case {
-  std::uint32_t seed = 0;
-  std::string family;
-  SequenceLayout layout;
-  RegionPolicy policy;
-  PlanOptions options;
-};
-
-const char* access_name(Access a) { return a == Access::none ? "none" : a == Access::full ? "full" : "window"; }
-const char* tiling_name(ImageTiling t) {
-  return t == ImageTiling::automatic ? "automatic" : t == ImageTiling::row_strips ? "row_strips" : "patches";
-}
-
-std::string describe(const Case& c) {
-  std::ostringstream s;
-  s << "seed=" << c.seed << " family=" << c.family << "\n  layout:";
-  for (const Segment& seg : c.layout.segments())
-    s << (seg.is_image() ? " I" + std::to_string(seg.rows) + "x" + std::to_string(seg.cols)
-                         : " T" + std::to_string(seg.length));
-  s << " (" << c.layout.size() << " tokens)\n  rules:";
-  for (int i = 0; i < kRegionPairs; ++i) {
-    const Rule& r = c.policy.rule(static_cast<RegionPair>(i));
-    s << " [" << region_pair_name(static_cast<RegionPair>(i)) << ": " << access_name(r.access);
-    if (r.access == Access::window)
-      s << (r.window.kind == WindowKind::sliding ? " sliding " : " partitioned ") << r.window.height << "x"
-        << r.window.width << " dil " << r.window.dilation_h << "x" << r.window.dilation_w;
-    if (r.causal) s << " causal";
-    s << "]";
-  }
-  s << "\n  tiles " << c.options.tiles.query << "x" << c.options.tiles.key << ", tiling "
-    << tiling_name(c.options.image_tiling) << ", queries [" << c.options.query_begin << ", " << c.options.query_end
-    << ")";
-  return s.str();
-}
-
-index_t uniform(std::mt19937& gen, index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(gen); }
-
-SequenceLayout random_layout(std::mt19937& gen) {
-  SequenceLayout layout;
-  const index_t segments = uniform(gen, 1, kMaxSegments);
-  for (index_t i = 0; i < segments; ++i) {
-    switch (uniform(gen, 0, 5)) {
-      case 0:
-      case 1:
-      case 2: layout.add_image(uniform(gen, 1, kMaxSide), uniform(gen, 1, kMaxSide)); break;  // non-square
-      case 3: layout.add_image(uniform(gen, 1, 3), uniform(gen, 1, 3)); break;                 // smaller than windows
-      default: layout.add_text(uniform(gen, 1, kMaxText)); break;
-    }
-  }
-  return layout;
-}
-
-Window2D random_window(std::mt19937& gen) {
-  const index_t sizes[] = {1, 3, 5, 7, 9};
-  if (gen() % 2) {
-    return Window2D::sliding(sizes[uniform(gen, 0, 4)], sizes[uniform(gen, 0, 4)], uniform(gen, 1, 3),
-                             uniform(gen, 1, 3));
-  }
-  Window2D w = Window2D::partitioned(uniform(gen, 1, 8), uniform(gen, 1, 8));
-  if (gen() % 4 == 0) w.dilation_h = uniform(gen, 1, 3), w.dilation_w = uniform(gen, 1, 3);  // accepted input
-  return w;
-}
-
-Rule random_rule(std::mt19937& gen, RegionPair pair) {
-  const index_t choices = pair == RegionPair::image_same_image ? 5 : 3;
-  switch (uniform(gen, 0, choices - 1)) {
-    case 0: return Rule::none();
-    case 1: return Rule::full();
-    case 2: return Rule::causal_full();
-    case 3: return Rule::windowed(random_window(gen));
-    default: return Rule::windowed(random_window(gen)).and_causal();
-  }
-}
-
-RegionPolicy random_policy(std::mt19937& gen, std::string& family) {
-  switch (uniform(gen, 0, 8)) {
-    case 0: family = "decoder_causal"; return RegionPolicy::decoder_causal();
-    case 1: family = "structured"; return RegionPolicy::structured(random_window(gen));
-    case 2: {
-      family = "structured+causal window";
-      RegionPolicy p = RegionPolicy::structured();
-      p.set(RegionPair::image_same_image, Rule::windowed(random_window(gen)).and_causal());
-      return p;
-    }
-    case 3: family = "bidirectional_images"; return RegionPolicy::bidirectional_images();
-    case 4: family = "qwen25vl_window"; return RegionPolicy::qwen25vl_window(uniform(gen, 1, 9));
-    case 5: family = "dense"; return RegionPolicy::dense();
-    default: {
-      family = "random rules";
-      RegionPolicy p;
-      for (int i = 0; i < kRegionPairs; ++i) p.set(static_cast<RegionPair>(i), random_rule(gen, static_cast<RegionPair>(i)));
-      return p;
-    }
-  }
-}
-
-index_t random_tile(std::mt19937& gen) {
-  const index_t sizes[] = {1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 64, 128};
-  return gen() % 3 ? sizes[uniform(gen, 0, 11)] : uniform(gen, 1, 40);
-}
-
-Case random_case(std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  Case c;
-  c.seed = seed;
-  c.layout = random_layout(gen);
-  c.policy = random_policy(gen, c.family);
-  c.options.tiles = {random_tile(gen), random_tile(gen)};
-  c.options.image_tiling = static_cast<ImageTiling>(uniform(gen, 0, 2));
-  const index_t n = c.layout.size();
-  switch (uniform(gen, 0, 3)) {
-    case 0:
-    case 1: break;  // every query
-    case 2: c.options.query_begin = uniform(gen, 0, n - 1); break;  // a suffix (query_end = -1)
-    default:
-      c.options.query_begin = uniform(gen, 0, n - 1);
-      c.options.query_end = uniform(gen, c.options.query_begin + 1, n);
-  }
-  return c;
-}
+using cases::PlanCase;
 
 // ---- The checker --------------------------------------------------------------------------------
 
@@ -174,7 +50,7 @@ struct Failures {
 
 class PlanChecker {
  public:
-  PlanChecker(const Case& c, const Plan& plan) : c_(c), plan_(plan), n_(c.layout.size()) {
+  PlanChecker(const PlanCase& c, const Plan& plan) : c_(c), plan_(plan), n_(c.layout.size()) {
     qb_ = plan.query_begin;
     nq_ = plan.query_end - plan.query_begin;
     allowed_.resize(static_cast<size_t>(nq_ * n_));
@@ -195,7 +71,7 @@ class PlanChecker {
       check_stats(fail);
       check_order(fail);
     }
-    for (const auto& [p, what] : first) failures.add(p, what + "\n  " + describe(c_));
+    for (const auto& [p, what] : first) failures.add(p, what + "\n  " + cases::describe(c_));
   }
 
  private:
@@ -209,7 +85,9 @@ class PlanChecker {
     const index_t want_end = c_.options.query_end < 0 ? n_ : c_.options.query_end;
     if (p.query_end != want_end) fail('s', "query_end " + std::to_string(p.query_end));
     if (p.key_tokens != n_) fail('s', "key_tokens " + std::to_string(p.key_tokens));
-    if (p.tiles.query != c_.options.tiles.query || p.tiles.key != c_.options.tiles.key) fail('s', "tiles differ");
+    if (p.tiles.query != c_.options.tiles.query || p.tiles.key != c_.options.tiles.key ||
+        p.tiles.window_query != c_.options.tiles.window_query)
+      fail('s', "tiles differ");
     index_t next_block = 0;
     for (size_t t = 0; t < p.query_tiles.size(); ++t) {
       const QueryTile& tile = p.query_tiles[t];
@@ -396,7 +274,7 @@ class PlanChecker {
         fail('h', "tile_order is not by descending computed_pairs at " + std::to_string(i));
   }
 
-  const Case& c_;
+  const PlanCase& c_;
   const Plan& plan_;
   index_t n_, qb_ = 0, nq_ = 0;
   std::vector<char> allowed_;
@@ -422,11 +300,11 @@ TEST(Planner, PropertiesOverRandomLayoutsPoliciesTilesAndRanges) {
   int planned = 0;
   std::map<std::string, int> families;
   for (int i = 0; i < kCases; ++i) {
-    const Case c = random_case(0x5eed0000u + static_cast<std::uint32_t>(i));
+    const PlanCase c = cases::random_plan_case(0x5eed0000u + static_cast<std::uint32_t>(i));
     Plan plan;
     const std::string err = error_message([&] { plan = make_plan(c.layout, c.policy, c.options); });
     if (err != "<no exception>") {
-      failures.add('x', "make_plan threw: " + err + "\n  " + describe(c));
+      failures.add('x', "make_plan threw: " + err + "\n  " + cases::describe(c));
       continue;
     }
     ++planned;
@@ -443,15 +321,15 @@ TEST(Planner, PropertiesOverRandomLayoutsPoliciesTilesAndRanges) {
 // The same properties over hand-picked corners: 1 x 1 images, tiles of 1, windows of 1, a range of one
 // query, and grids exactly a tile or a window wide.
 TEST(Planner, PropertiesOnCorners) {
-  std::vector<Case> cases;
+  std::vector<PlanCase> corners;
   auto add = [&](SequenceLayout layout, RegionPolicy policy, TileSizes tiles, ImageTiling tiling, index_t qb = 0,
                  index_t qe = -1) {
-    Case c;
-    c.family = "corner " + std::to_string(cases.size());
+    PlanCase c;
+    c.family = "corner " + std::to_string(corners.size());
     c.layout = std::move(layout);
     c.policy = std::move(policy);
     c.options = {tiles, tiling, qb, qe};
-    cases.push_back(std::move(c));
+    corners.push_back(std::move(c));
   };
   const ImageTiling tilings[] = {ImageTiling::automatic, ImageTiling::row_strips, ImageTiling::patches};
   for (const ImageTiling t : tilings) {
@@ -474,14 +352,14 @@ TEST(Planner, PropertiesOnCorners) {
     }
   }
   Failures failures;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(describe(c));
+  for (const PlanCase& c : corners) {
+    SCOPED_TRACE(cases::describe(c));
     Plan plan;
     ASSERT_NO_THROW(plan = make_plan(c.layout, c.policy, c.options));
     PlanChecker(c, plan).run(failures);
   }
   for (const auto& [p, entry] : failures.by_property)
-    ADD_FAILURE() << property_name(p) << ": failed in " << entry.first << " of " << cases.size()
+    ADD_FAILURE() << property_name(p) << ": failed in " << entry.first << " of " << corners.size()
                   << " cases; first:\n  " << entry.second;
 }
 

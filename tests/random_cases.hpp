@@ -1,8 +1,8 @@
 #pragma once
-// The random-case generator of tests/multimodal_attention_test.cpp, shared so the element-type,
-// decode, paged and chunked-prefill property tests run over the same families of layouts,
-// policies, head configurations, storages, tile sizes and query ranges. A seed gives the same
-// case as there.
+// The random-case generator of the property tests: random layouts, policies, tile sizes (the
+// window patch's included), image tilings and query ranges for the planner test (PlanCase), plus
+// head configurations, storages and executors for the attention tests (Case), so every test runs
+// over the same families. A seed gives the same case in every test that draws it.
 
 #include <cstdint>
 #include <random>
@@ -17,17 +17,25 @@
 
 namespace mmattn::test::cases {
 
-// Debug + sanitizer builds are ~20x slower: shorter sequences and at most 6 heads there.
-constexpr index_t kMaxSegments = kSlowBuild ? 4 : 5;
-constexpr index_t kMaxSide = kSlowBuild ? 8 : 10;
-constexpr index_t kMaxText = kSlowBuild ? 14 : 20;
+// How long a random layout may be. Debug + sanitizer builds are ~20x slower, so both limits are
+// shorter there; the attention tests pay heads x head_dim per pair, the planner test does not.
+struct Limits {
+  index_t max_segments, max_side, max_text;
+};
+constexpr Limits kAttentionLimits{kSlowBuild ? 4 : 5, kSlowBuild ? 8 : 10, kSlowBuild ? 14 : 20};
+constexpr Limits kPlannerLimits{kSlowBuild ? 5 : 6, kSlowBuild ? 9 : 11, kSlowBuild ? 20 : 24};
 
-struct Case {
+// What the planner sees.
+struct PlanCase {
   std::uint32_t seed = 0;
   std::string family;
   SequenceLayout layout;
   RegionPolicy policy;
   PlanOptions options;
+};
+
+// What an attention run sees besides: heads, storages and the executor.
+struct Case : PlanCase {
   AttentionConfig cfg;
   Storage q_storage = Storage::contiguous, kv_storage = Storage::contiguous, out_storage = Storage::contiguous;
   index_t lse_pad = 0;  // extra floats between tokens of the LSE
@@ -39,10 +47,9 @@ inline const char* tiling_name(ImageTiling t) {
   return t == ImageTiling::automatic ? "automatic" : t == ImageTiling::row_strips ? "row_strips" : "patches";
 }
 
-inline std::string describe(const Case& c) {
+inline std::string describe(const PlanCase& c) {
   std::ostringstream s;
-  s << "seed=" << c.seed << " family=" << c.family << " heads=" << c.cfg.num_heads << " kv_heads=" << c.cfg.num_kv_heads
-    << " head_dim=" << c.cfg.head_dim << "\n  layout:";
+  s << "seed=" << c.seed << " family=" << c.family << "\n  layout:";
   for (const Segment& seg : c.layout.segments())
     s << (seg.is_image() ? " I" + std::to_string(seg.rows) + "x" + std::to_string(seg.cols)
                          : " T" + std::to_string(seg.length));
@@ -56,25 +63,33 @@ inline std::string describe(const Case& c) {
     if (r.causal) s << " causal";
     s << "]";
   }
-  s << "\n  tiles " << c.options.tiles.query << "x" << c.options.tiles.key << ", tiling "
-    << tiling_name(c.options.image_tiling) << ", queries [" << c.options.query_begin << ", " << c.options.query_end
-    << "), storage q " << storage_name(c.q_storage) << " kv " << storage_name(c.kv_storage) << " out "
-    << storage_name(c.out_storage) << ", lse pad " << c.lse_pad << (c.serial ? ", serial" : ", default executor");
+  s << "\n  tiles " << c.options.tiles.query << "x" << c.options.tiles.key << " (window_query "
+    << c.options.tiles.window_query << "), tiling " << tiling_name(c.options.image_tiling) << ", queries ["
+    << c.options.query_begin << ", " << c.options.query_end << ")";
+  return s.str();
+}
+
+inline std::string describe(const Case& c) {
+  std::ostringstream s;
+  s << describe(static_cast<const PlanCase&>(c)) << "\n  heads=" << c.cfg.num_heads << " kv_heads="
+    << c.cfg.num_kv_heads << " head_dim=" << c.cfg.head_dim << ", storage q " << storage_name(c.q_storage) << " kv "
+    << storage_name(c.kv_storage) << " out " << storage_name(c.out_storage) << ", lse pad " << c.lse_pad
+    << (c.serial ? ", serial" : ", default executor");
   return s.str();
 }
 
 inline index_t uniform(std::mt19937& gen, index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(gen); }
 
-inline SequenceLayout random_layout(std::mt19937& gen) {
+inline SequenceLayout random_layout(std::mt19937& gen, const Limits& limits) {
   SequenceLayout layout;
-  const index_t segments = uniform(gen, 1, kMaxSegments);
+  const index_t segments = uniform(gen, 1, limits.max_segments);
   for (index_t i = 0; i < segments; ++i) {
     switch (uniform(gen, 0, 5)) {
       case 0:
       case 1:
-      case 2: layout.add_image(uniform(gen, 1, kMaxSide), uniform(gen, 1, kMaxSide)); break;  // non-square
-      case 3: layout.add_image(uniform(gen, 1, 3), uniform(gen, 1, 3)); break;                 // smaller than windows
-      default: layout.add_text(uniform(gen, 1, kMaxText)); break;
+      case 2: layout.add_image(uniform(gen, 1, limits.max_side), uniform(gen, 1, limits.max_side)); break;  // non-square
+      case 3: layout.add_image(uniform(gen, 1, 3), uniform(gen, 1, 3)); break;  // smaller than windows
+      default: layout.add_text(uniform(gen, 1, limits.max_text)); break;
     }
   }
   return layout;
@@ -87,7 +102,7 @@ inline Window2D random_window(std::mt19937& gen) {
                              uniform(gen, 1, 3));
   }
   Window2D w = Window2D::partitioned(uniform(gen, 1, 8), uniform(gen, 1, 8));
-  if (gen() % 4 == 0) w.dilation_h = uniform(gen, 1, 3), w.dilation_w = uniform(gen, 1, 3);
+  if (gen() % 4 == 0) w.dilation_h = uniform(gen, 1, 3), w.dilation_w = uniform(gen, 1, 3);  // accepted input
   return w;
 }
 
@@ -129,23 +144,44 @@ inline index_t random_tile(std::mt19937& gen) {
   return gen() % 3 ? sizes[uniform(gen, 0, 11)] : uniform(gen, 1, 40);
 }
 
-inline Case random_case(std::uint32_t seed) {
-  std::mt19937 gen(seed);
-  Case c;
-  c.seed = seed;
-  c.layout = random_layout(gen);
+// Draws the planner's part of a case: layout, policy, tiles, image tiling and query range.
+inline void draw_plan_case(std::mt19937& gen, const Limits& limits, PlanCase& c) {
+  c.layout = random_layout(gen, limits);
   c.policy = random_policy(gen, c.family);
   c.options.tiles = {random_tile(gen), random_tile(gen)};
   c.options.image_tiling = static_cast<ImageTiling>(uniform(gen, 0, 2));
   const index_t n = c.layout.size();
   switch (uniform(gen, 0, 3)) {
     case 0:
-    case 1: break;
-    case 2: c.options.query_begin = uniform(gen, 0, n - 1); break;
+    case 1: break;                                                  // every query
+    case 2: c.options.query_begin = uniform(gen, 0, n - 1); break;  // a suffix (query_end = -1)
     default:
       c.options.query_begin = uniform(gen, 0, n - 1);
       c.options.query_end = uniform(gen, c.options.query_begin + 1, n);
   }
+}
+
+// The window patch's rows: half the time 0 (= tiles.query), else any tile size, larger than
+// tiles.query included (the planner clamps it). Drawn last, after everything else, so a seed
+// gives every other field the value it gave before this axis was added.
+inline void draw_window_query(std::mt19937& gen, PlanCase& c) {
+  c.options.tiles.window_query = gen() % 2 ? 0 : random_tile(gen);
+}
+
+inline PlanCase random_plan_case(std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  PlanCase c;
+  c.seed = seed;
+  draw_plan_case(gen, kPlannerLimits, c);
+  draw_window_query(gen, c);
+  return c;
+}
+
+inline Case random_case(std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  Case c;
+  c.seed = seed;
+  draw_plan_case(gen, kAttentionLimits, c);
   // (heads, kv_heads): MHA, GQA, MQA.
   const index_t heads[][2] = {{1, 1}, {2, 2}, {3, 3}, {4, 2}, {6, 2}, {6, 3}, {4, 1}, {3, 1}, {8, 2}};
   const index_t* h = heads[uniform(gen, 0, kSlowBuild ? 7 : 8)];
@@ -157,6 +193,7 @@ inline Case random_case(std::uint32_t seed) {
   c.out_storage = static_cast<Storage>(uniform(gen, 0, 3));
   c.lse_pad = uniform(gen, 0, 2);
   c.serial = gen() % 4 == 0;
+  draw_window_query(gen, c);
   return c;
 }
 

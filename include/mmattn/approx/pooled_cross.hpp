@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "mmattn/approx/cross_approximation.hpp"
 #include "mmattn/approx/uncovered_keys.hpp"
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
@@ -156,7 +157,7 @@ struct PooledCrossOptions {
 
 // T: the element type the runtime stores Q, K, V, O in (others mix as in MultimodalAttention).
 template <class T = float>
-class PooledCrossAttention {
+class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOptions> {
  public:
   // One plan over the pooled keys for the queries of one text segment and one pooled-cell size.
   struct PooledPart {
@@ -172,12 +173,10 @@ class PooledCrossAttention {
   PooledCrossAttention(AttentionConfig config, SequenceLayout layout, RegionPolicy policy,
                        PooledCrossOptions pooled = {}, PlanOptions options = {DefaultTiles::sizes()},
                        Executor executor = Executor::default_executor())
-      : config_(std::move(config)), layout_(std::move(layout)), policy_(std::move(policy)), options_(pooled),
-        executor_(std::move(executor)) {
-    config_.validate();
+      : CrossApproximation("pooled cross", std::move(config), std::move(layout), std::move(policy), pooled,
+                           std::move(executor)) {
     MMATTN_REQUIRE(options_.pool >= 1, "pooled cross: pool must be >= 1, got " + std::to_string(options_.pool));
-    MMATTN_REQUIRE(options.query_begin == 0 && (options.query_end < 0 || options.query_end == layout_.size()),
-                   "pooled cross: plans cover the whole sequence; a query range is not supported");
+    require_whole_sequence(options);
     exact_policy_ = policy_;
     exact_policy_.set(RegionPair::text_image, Rule::none());
     exact_plan_ = make_plan(layout_, exact_policy_, options);
@@ -191,10 +190,7 @@ class PooledCrossAttention {
   template <class TQ, class TK, class TV, class TO>
   void forward(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v,
                const TensorView<TO>& out, const LseView& lse = {}) const {
-    static_assert_element_types<TensorView<TQ>, TensorView<TK>, TensorView<TV>, TensorView<TO>>();
-    validate_attention(config_, q, k, v, out, lse);
-    MMATTN_REQUIRE(q.tokens == layout_.size() && k.tokens == layout_.size(),
-                   "pooled cross: q and k must hold the layout's " + std::to_string(layout_.size()) + " tokens");
+    validate_forward(q, k, v, out, lse);
     std::vector<float> lse_scratch;
     LseView lse_a = lse;
     if (!lse_a && !parts_.empty()) {
@@ -277,11 +273,6 @@ class PooledCrossAttention {
     return u;
   }
 
-  const AttentionConfig& config() const { return config_; }
-  const SequenceLayout& layout() const { return layout_; }
-  const RegionPolicy& policy() const { return policy_; }
-  const Executor& executor() const { return executor_; }
-  const PooledCrossOptions& options() const { return options_; }
   // The base policy with text->image off: what part A computes, exactly.
   const RegionPolicy& exact_policy() const { return exact_policy_; }
   const Plan& exact_plan() const { return exact_plan_; }
@@ -354,11 +345,6 @@ class PooledCrossAttention {
     }
   }
 
-  AttentionConfig config_;
-  SequenceLayout layout_;
-  RegionPolicy policy_;
-  PooledCrossOptions options_;
-  Executor executor_;
   RegionPolicy exact_policy_;
   Plan exact_plan_;
   SequenceLayout pooled_;

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "mmattn/approx/cross_approximation.hpp"
 #include "mmattn/approx/pooled_cross.hpp"
 #include "mmattn/approx/uncovered_keys.hpp"
 #include "mmattn/attention_config.hpp"
@@ -52,22 +53,20 @@ struct SparseSelection {
 };
 
 template <class T = float>
-class SparseCrossAttention {
+class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOptions> {
  public:
   // `policy`: the exact rule the approximation starts from (e.g. RegionPolicy::structured()).
   // The plans cover every query (no query range).
   SparseCrossAttention(AttentionConfig config, SequenceLayout layout, RegionPolicy policy,
                        SparseCrossOptions sparse = {}, PlanOptions options = {DefaultTiles::sizes()},
                        Executor executor = Executor::default_executor())
-      : config_(std::move(config)), layout_(std::move(layout)), policy_(std::move(policy)), options_(sparse),
-        executor_(std::move(executor)) {
-    config_.validate();
+      : CrossApproximation("sparse cross", std::move(config), std::move(layout), std::move(policy), sparse,
+                           std::move(executor)) {
     MMATTN_REQUIRE(options_.top_k >= 1, "sparse cross: top_k must be >= 1, got " + std::to_string(options_.top_k));
     MMATTN_REQUIRE(options_.tile_rows >= 1 && options_.tile_cols >= 1,
                    "sparse cross: key tiles must be at least 1 x 1, got " + std::to_string(options_.tile_rows) +
                        " x " + std::to_string(options_.tile_cols));
-    MMATTN_REQUIRE(options.query_begin == 0 && (options.query_end < 0 || options.query_end == layout_.size()),
-                   "sparse cross: plans cover the whole sequence; a query range is not supported");
+    require_whole_sequence(options);
     plan_ = make_plan(layout_, policy_, options);
     build_key_tiles();
     find_visible_images();
@@ -78,10 +77,7 @@ class SparseCrossAttention {
   template <class TQ, class TK, class TV, class TO>
   void forward(const TensorView<TQ>& q, const TensorView<TK>& k, const TensorView<TV>& v,
                const TensorView<TO>& out, const LseView& lse = {}) const {
-    static_assert_element_types<TensorView<TQ>, TensorView<TK>, TensorView<TV>, TensorView<TO>>();
-    validate_attention(config_, q, k, v, out, lse);
-    MMATTN_REQUIRE(q.tokens == layout_.size() && k.tokens == layout_.size(),
-                   "sparse cross: q and k must hold the layout's " + std::to_string(layout_.size()) + " tokens");
+    validate_forward(q, k, v, out, lse);
     run(head_plans(select(q, k)), q, k, v, out, lse);
   }
 
@@ -215,11 +211,6 @@ class SparseCrossAttention {
     return u;
   }
 
-  const AttentionConfig& config() const { return config_; }
-  const SequenceLayout& layout() const { return layout_; }
-  const RegionPolicy& policy() const { return policy_; }
-  const Executor& executor() const { return executor_; }
-  const SparseCrossOptions& options() const { return options_; }
   const Plan& exact_plan() const { return plan_; }
   const std::vector<ImageKeyTile>& key_tiles() const { return key_tiles_; }
   // Plan query-tile index of each text tile, in plan order.
@@ -280,11 +271,6 @@ class SparseCrossAttention {
     }
   }
 
-  AttentionConfig config_;
-  SequenceLayout layout_;
-  RegionPolicy policy_;
-  SparseCrossOptions options_;
-  Executor executor_;
   Plan plan_;
   std::vector<ImageKeyTile> key_tiles_;
   std::vector<index_t> image_first_tile_;  // per image, and one past the last
