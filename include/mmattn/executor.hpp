@@ -81,7 +81,7 @@ class Executor {
       : parallel_for_(std::move(f)), concurrency_(concurrency), openmp_default_(openmp_default) {}
   ParallelFor parallel_for_;
   int concurrency_ = 1;
-  bool openmp_default_ = false;  // concurrency follows omp_get_max_threads() at call time
+  [[maybe_unused]] bool openmp_default_ = false;  // concurrency follows omp_get_max_threads() at call time
 };
 
 }  // namespace mmattn
