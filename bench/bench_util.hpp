@@ -104,8 +104,10 @@ inline double process_cpu_seconds() {
 
 // Counter `GFLOPs_cpu`: FLOPs per second of process CPU time, times `threads`. On a shared machine
 // another process stretches our real time but not our CPU time, so this reads about what GFLOPs
-// would be with the cores to ourselves (shared caches and OpenMP spin-waits aside); on a quiet
-// machine it matches GFLOPs. Take the CPU time around the timed loop only:
+// would be with the cores to ourselves; on a quiet machine it is close to GFLOPs. It reads low
+// for code whose threads spin while they wait (Eigen's own multi-threaded GEMM does, between
+// panels) and is trustworthy for one thread or for dynamically scheduled independent items (the
+// tiled kernels). Take the CPU time around the timed loop only:
 //   const double cpu0 = bench::process_cpu_seconds();
 //   for (auto _ : state) { ... }
 //   bench::set_cpu_gflops(state, flops, bench::process_cpu_seconds() - cpu0, threads);

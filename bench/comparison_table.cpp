@@ -23,6 +23,7 @@
 // --quick shrinks every workload (8 x 8 images, an eighth of the text, 2 heads of 16) for a smoke run.
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
@@ -202,6 +203,7 @@ Sample measure(const std::function<void()>& f) {
 // threads (OpenMP threads waiting at a barrier spin first, so imbalance still counts as busy). When
 // another process takes a core, our threads wait runnable and the ratio falls towards 1/2.
 constexpr double kCleanUtilisation = 0.85;
+constexpr int kExtraRoundsSeconds = 120;  // rounds beyond the minimum stop after this long
 
 struct Row {
   bench::StrategyRun run;
@@ -278,7 +280,8 @@ Result run_workload(const bench::Workload& w, const Args& args) {
   }
   // Short workloads get more rounds (up to ~4 s of them, at most 50): a 20 ms call is easily hit by
   // one scheduler tick of another process, a 10 s call averages such ticks out by itself. Then
-  // rounds go on (up to 3x as many) until every strategy has --reps clean rounds.
+  // rounds go on (up to 3x as many, and only while the extra ones have taken < 2 minutes) until
+  // every strategy has --reps clean rounds.
   double round_s = 0;
   for (const Row& r : res.rows) round_s += r.warmup_s;
   const int min_rounds =
@@ -290,7 +293,14 @@ Result run_workload(const bench::Workload& w, const Args& args) {
     return true;
   };
   const size_t n = res.rows.size();
-  for (res.rounds = 0; res.rounds < max_rounds && (res.rounds < min_rounds || !enough_clean()); ++res.rounds)
+  std::chrono::steady_clock::time_point extra_start;  // when the rounds beyond min_rounds began
+  auto extra_time_left = [&] {                        // asked only once min_rounds are done
+    const auto now = std::chrono::steady_clock::now();
+    if (res.rounds == min_rounds) extra_start = now;
+    return now - extra_start < std::chrono::seconds(kExtraRoundsSeconds);
+  };
+  for (res.rounds = 0;
+       res.rounds < max_rounds && (res.rounds < min_rounds || (!enough_clean() && extra_time_left())); ++res.rounds)
     for (size_t i = 0; i < n; ++i) {
       Row& r = res.rows[(i + static_cast<size_t>(res.rounds)) % n];
       r.samples.push_back(measure(r.run.run));
@@ -339,7 +349,7 @@ bool print_result(const Result& res, int threads) {
     const double share = dense->median_s() / s->median_s() / flop_ratio;
     const double share_min = dense->min_s() / s->min_s() / flop_ratio;
     const double share_cpu = dense->median_cpu_s() / s->median_cpu_s() / flop_ratio;
-    std::printf("%s: speedup %s of FLOP ratio %s = %.0f%% (target >= 80%%: %s) = plan efficiency %.2f x speed per "
+    std::printf("%s: speedup %s of FLOP ratio %s = %.1f%% (target >= 80%%: %s) = plan efficiency %.2f x speed per "
                 "computed pair %.2f of dense's. Cross-checks: fastest rounds %.0f%%, CPU time %.0f%%\n\n",
                 s->run.name.c_str(), ratio_text(dense->median_s() / s->median_s()).c_str(),
                 ratio_text(flop_ratio).c_str(), 100.0 * share, share >= 0.8 ? "met" : "NOT met", s->run.efficiency(),
@@ -360,7 +370,7 @@ void print_summary(const std::vector<Result>& results) {
     const double ratio = double(res.workload->tokens()) * double(res.workload->tokens()) / s->run.allowed_pairs;
     const double speedup = dense->median_s() / s->median_s();
     table.push_back({res.workload->name + (res.contended ? " *" : ""), s->run.name, ratio_text(ratio),
-                     ratio_text(speedup), fmt("%.0f%%", 100.0 * speedup / ratio), speedup >= 0.8 * ratio ? "yes" : "no",
+                     ratio_text(speedup), fmt("%.1f%%", 100.0 * speedup / ratio), speedup >= 0.8 * ratio ? "yes" : "no",
                      fmt("%.2f", s->run.efficiency()), fmt("%.2f", speedup / ratio / s->run.efficiency())});
   }
   std::printf("### Summary: planned strategy's speedup vs its FLOP ratio\n\n%s\n",

@@ -6,10 +6,11 @@
 // Shape: 1536 tokens, 32 heads (MHA), head_dim 128, float, [tokens, heads, head_dim].
 // Every benchmark runs on 2 threads unless its name says otherwise (`threads` counter too).
 // GFLOPs counts 4 * head_dim * heads per *allowed* (query, key) pair, so causal and dense rates
-// compare the useful work; see bench_util.hpp.
+// compare the useful work; GFLOPs_cpu is the same work per CPU-second of this process times the
+// threads, which other processes on a shared machine disturb much less (see bench_util.hpp).
 //
-//   ./build/bench/bench/kernel_global --benchmark_repetitions=5 \
-//       --benchmark_report_aggregates_only=true --benchmark_min_time=0.5
+//   ./build/bench/bench/kernel_global --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//       --benchmark_min_time=0.5    (one line; about 2.5 minutes; --benchmark_filter=Tiles for the sweep)
 
 #include <benchmark/benchmark.h>
 
