@@ -10,7 +10,9 @@
 //              just before (median of 5), counting bytes read + written (STREAM's convention:
 //              the bytes that cross the memory bus; glibc's large memcpy stores non-temporally)
 //   of_copy    GBps / copy_GBps
-// BM_Copy and BM_Read time the two yardsticks as benchmarks of their own (read: a 2-thread sum).
+// BM_DecodeAlternatingWithCopy runs decode and that copy alternately, call by call, so the ratio
+// holds on a host whose memory bandwidth drifts; BM_Copy and BM_Read time the two yardsticks as
+// benchmarks of their own (read: a 2-thread sum).
 // The cache: images of 16 x 16 patches (2 below 4k tokens, 4 from 4k), the rest text.
 //
 //   ./build/bench/bench/decode --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -209,6 +211,50 @@ void BM_Decode(benchmark::State& state) {
 void BM_DecodeSplitKv(benchmark::State& state) { BM_Decode<Path::decode>(state); }
 void BM_DecodeViaForward(benchmark::State& state) { BM_Decode<Path::forward>(state); }
 
+// Decode and the copy of the same bytes alternating call by call, so both see the same machine
+// (on a shared host the copy rate drifts by +-30% between benchmarks). The benchmark's time is
+// decode's alone (manual time); copy_GBps counts bytes read + written, of_copy = GBps / copy_GBps
+// over the same iterations.
+void BM_DecodeAlternatingWithCopy(benchmark::State& state) {
+  bench::set_threads(state, kThreads);
+  const index_t tokens = state.range(0), kv_heads = state.range(1);
+  const bool paged = state.range(2) != 0;
+  Cache& cache = shared_cache(tokens, kv_heads, paged);
+  const mmattn::SequenceLayout layout = cache_layout(tokens);
+  const mmattn::RegionPolicy policy = mmattn::RegionPolicy::structured(mmattn::Window2D::sliding(7, 7));
+  const mmattn::AttentionConfig cfg{kHeads, kv_heads, kHeadDim, {}};
+  const std::vector<float> q = bench::random_floats(kHeads * kHeadDim, 1);
+  std::vector<float> o(q.size());
+  const auto qv = mmattn::view_thd(q.data(), 1, kHeads, kHeadDim);
+  const auto ov = mmattn::view_thd(o.data(), 1, kHeads, kHeadDim);
+  const mmattn::Executor executor = mmattn::Executor::openmp(kThreads);
+  CopyBuffers copy(static_cast<size_t>(cache.kv_bytes()));
+  copy_2_threads(copy);  // page faults outside the timing
+  double decode_s = 0, copy_s = 0;
+  using Clock = std::chrono::steady_clock;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    if (paged)
+      mmattn::decode_attention(cfg, layout, policy, qv, cache.pages(cache.k), cache.pages(cache.v), ov, {}, {}, executor);
+    else
+      mmattn::decode_attention(cfg, layout, policy, qv, cache.contiguous(cache.k), cache.contiguous(cache.v), ov, {}, {},
+                               executor);
+    const auto t1 = Clock::now();
+    copy_2_threads(copy);
+    const auto t2 = Clock::now();
+    benchmark::DoNotOptimize(o.data());
+    benchmark::DoNotOptimize(copy.dst.data());
+    benchmark::ClobberMemory();
+    const double d = std::chrono::duration<double>(t1 - t0).count();
+    decode_s += d, copy_s += std::chrono::duration<double>(t2 - t1).count();
+    state.SetIterationTime(d);
+  }
+  const double n = double(state.iterations());
+  state.counters["GBps"] = benchmark::Counter(cache.kv_bytes() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["copy_GBps"] = benchmark::Counter(n > 0 ? 2.0 * cache.kv_bytes() * 1e-9 * n / copy_s : 0.0);
+  state.counters["of_copy"] = benchmark::Counter(decode_s > 0 ? (copy_s / 2.0) / decode_s : 0.0);
+}
+
 void decode_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"tokens", "kv_heads", "paged"});
   for (const index_t kv : {index_t{32}, index_t{8}})
@@ -229,6 +275,7 @@ BENCHMARK(BM_DecodeViaForward)
     ->Args({16384, 8, 0})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DecodeAlternatingWithCopy)->Apply(decode_args)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Copy)->Apply(yardstick_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Read)->Apply(yardstick_args)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
