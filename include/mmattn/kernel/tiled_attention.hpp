@@ -20,7 +20,10 @@ namespace mmattn::kernel {
 
 // Per-thread scratch; grows to the largest tile seen and is then reused.
 struct Workspace {
-  std::vector<float> q, k, v, scores, acc, row_max, row_sum;
+  // Aligned to Eigen's packet size: a product's vectorised path then does not depend on where a
+  // thread's buffers happen to sit, so every thread computes the same bits.
+  using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
+  Buffer q, k, v, scores, acc, row_max, row_sum;
   KeyCoords coords;
 
   void reserve(index_t query_rows, index_t key_rows, index_t dim) {
@@ -38,7 +41,7 @@ struct Workspace {
   }
 
  private:
-  static void grow(std::vector<float>& buf, index_t n) {
+  static void grow(Buffer& buf, index_t n) {
     if (static_cast<index_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
   }
 };
