@@ -1,5 +1,5 @@
-// The strategy comparison table: for each of the six workloads, every strategy side by side in one
-// run, and an SVG bar chart of the speedups.
+// The strategy comparison table: for each workload of workloads.hpp (the issue's six, Gemma-3 local
+// and a video), every strategy side by side in one run, and an SVG bar chart of the speedups.
 //
 //   ./build/bench/bench/comparison_table [--threads N] [--reps N] [--only SUBSTRING] [--quick] [out.svg]
 //
@@ -20,7 +20,8 @@
 // GFLOP/s on allowed pairs (4 * head_dim FLOPs per pair and head); rounds = clean / all; spread =
 // (slowest - fastest) / median over the rounds used.
 //
-// --quick shrinks every workload (8 x 8 images, an eighth of the text, 2 heads of 16) for a smoke run.
+// --quick shrinks every workload (8 x 8 images, an eighth of the text, 2 heads of 16; see
+// bench::workloads) for a smoke run.
 
 #include <algorithm>
 #include <chrono>
@@ -149,7 +150,7 @@ std::vector<index_t> check_rows(const mmattn::SequenceLayout& layout) {
   const index_t n = layout.size();
   std::vector<index_t> rows = {0, n / 2, n - 1};
   for (const mmattn::Segment& s : layout.segments())
-    if (!s.is_image()) rows.push_back(s.start);
+    if (s.is_text()) rows.push_back(s.start);
   std::mt19937 gen(7);
   for (int i = 0; i < 2; ++i) rows.push_back(std::uniform_int_distribution<index_t>(0, n - 1)(gen));
   std::sort(rows.begin(), rows.end());
@@ -242,22 +243,31 @@ struct Result {
       if (r.run.strategy == s) return &r;
     return nullptr;
   }
-  // The strategy that plans the workload's own mask: structured, or the vision encoder's windows.
+  // The strategy that plans the workload's own mask: structured, the vision encoder's windows,
+  // Gemma-3's local band or the video's 3-D window.
   const Row* target() const {
-    const Row* r = find(bench::Strategy::structured);
-    return r ? r : find(bench::Strategy::qwen_window);
+    for (const Row& r : rows)
+      if (bench::is_planned_target(r.run.strategy)) return &r;
+    return nullptr;
   }
 };
 
 constexpr double kExactTolerance = 1e-4;
 
 std::string describe(const bench::Workload& w, int threads) {
-  index_t images = 0;
-  std::string grid;
-  for (const mmattn::Segment& s : w.layout.segments())
+  index_t images = 0, videos = 0;
+  std::string grid, video;  // of the last image and video
+  for (const mmattn::Segment& s : w.layout.segments()) {
     if (s.is_image()) ++images, grid = std::to_string(s.rows) + "x" + std::to_string(s.cols);
-  std::string text = std::to_string(images) + (images == 1 ? " image " : " images ") + grid;
-  if (w.layout.text_tokens() > 0) text += " + " + std::to_string(w.layout.text_tokens()) + " text";
+    if (s.is_video())
+      ++videos, video = std::to_string(s.frames) + "x" + std::to_string(s.rows) + "x" + std::to_string(s.cols);
+  }
+  std::vector<std::string> parts;
+  if (images > 0) parts.push_back(std::to_string(images) + (images == 1 ? " image " : " images ") + grid);
+  if (videos > 0) parts.push_back(std::to_string(videos) + (videos == 1 ? " video " : " videos ") + video);
+  if (w.layout.text_tokens() > 0) parts.push_back(std::to_string(w.layout.text_tokens()) + " text");
+  std::string text;
+  for (const std::string& p : parts) text += (text.empty() ? "" : " + ") + p;
   return text + " = " + std::to_string(w.tokens()) + " tokens, " + std::to_string(w.heads) + " heads x " +
          std::to_string(w.head_dim) + ", " + std::to_string(threads) + " threads";
 }
@@ -386,6 +396,8 @@ const char* strategy_color(bench::Strategy s) {
     case bench::Strategy::window_global: return "#f28e2b";
     case bench::Strategy::structured: return "#59a14f";
     case bench::Strategy::qwen_window: return "#b07aa1";
+    case bench::Strategy::gemma3_local: return "#76b7b2";
+    case bench::Strategy::video_window3d: return "#edc948";
     case bench::Strategy::naive: return "#e15759";
   }
   return "#000000";
@@ -450,7 +462,8 @@ void write_svg(const std::string& path, const std::vector<Result>& results, cons
   double ly = top + 10;
   const double lx = left + plot_w + 20;
   for (bench::Strategy st : {bench::Strategy::dense, bench::Strategy::causal, bench::Strategy::window_global,
-                             bench::Strategy::structured, bench::Strategy::qwen_window, bench::Strategy::naive}) {
+                             bench::Strategy::structured, bench::Strategy::qwen_window, bench::Strategy::gemma3_local,
+                             bench::Strategy::video_window3d, bench::Strategy::naive}) {
     s << "<rect x=\"" << lx << "\" y=\"" << ly - 9 << "\" width=\"12\" height=\"12\" fill=\"" << strategy_color(st)
       << "\"/>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 1 << "\">" << bench::strategy_name(st) << "</text>\n";
     ly += 18;

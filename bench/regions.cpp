@@ -18,6 +18,7 @@
 #include <benchmark/benchmark.h>
 
 #include <string>
+#include <utility>
 
 #include "workloads.hpp"
 
@@ -38,8 +39,11 @@ void run_region(benchmark::State& state, const mmattn::SequenceLayout& layout, c
 
   std::string key;  // the layout, e.g. "img32x32+text256"
   for (const mmattn::Segment& s : layout.segments())
-    key += (key.empty() ? "" : "+") + (s.is_image() ? "img" + std::to_string(s.rows) + "x" + std::to_string(s.cols)
-                                                    : "text" + std::to_string(s.length));
+    key += (key.empty() ? "" : "+") +
+           (s.is_text()    ? "text" + std::to_string(s.length)
+            : s.is_image() ? "img" + std::to_string(s.rows) + "x" + std::to_string(s.cols)
+                           : "video" + std::to_string(s.frames) + "x" + std::to_string(s.rows) + "x" +
+                                 std::to_string(s.cols));
   const mmattn::MultimodalAttention<float> dense(cfg, layout, mmattn::RegionPolicy::dense(), options, executor);
   const double dense_s = bench::cached_seconds(key, [&] { dense.forward(x.qv(), x.kv(), x.vv(), x.ov()); });
 
@@ -58,23 +62,25 @@ void run_region(benchmark::State& state, const mmattn::SequenceLayout& layout, c
   state.counters["tokens"] = benchmark::Counter(static_cast<double>(layout.size()));
 }
 
-mmattn::RegionPolicy only(mmattn::RegionPair pair, mmattn::Rule rule) {
-  mmattn::RegionPolicy p;  // every pair none
-  p.set(pair, rule);
+mmattn::RegionPolicy only(mmattn::Region region, mmattn::Rule rule) {
+  mmattn::RegionPolicy p;  // every region none
+  p.set(region, std::move(rule));
   return p;
 }
+
+constexpr mmattn::SegmentKind kImage = mmattn::SegmentKind::image, kText = mmattn::SegmentKind::text;
 
 // ---- windowed -------------------------------------------------------------------------------------
 
 void BM_WindowSliding(benchmark::State& state) {
   const index_t grid = state.range(0), w = state.range(1);
   run_region(state, mmattn::SequenceLayout().add_image(grid, grid),
-             only(mmattn::RegionPair::image_same_image, mmattn::Rule::windowed(mmattn::Window2D::sliding(w, w))));
+             only(mmattn::Region::within(kImage), mmattn::Window2D::sliding(w, w)));
 }
 void BM_WindowPartitioned(benchmark::State& state) {
   const index_t grid = state.range(0), w = state.range(1);
   run_region(state, mmattn::SequenceLayout().add_image(grid, grid),
-             only(mmattn::RegionPair::image_same_image, mmattn::Rule::windowed(mmattn::Window2D::partitioned(w, w))));
+             only(mmattn::Region::within(kImage), mmattn::Window2D::partitioned(w, w)));
 }
 BENCHMARK(BM_WindowSliding)
     ->ArgNames({"grid", "window"})
@@ -92,12 +98,12 @@ BENCHMARK(BM_WindowPartitioned)
 void BM_CrossTextToImage(benchmark::State& state) {
   const index_t grid = state.range(0), text = state.range(1);
   run_region(state, mmattn::SequenceLayout::images_then_text(1, grid, grid, text),
-             only(mmattn::RegionPair::text_image, mmattn::Rule::full()));
+             only(mmattn::Region::across(kText, kImage), mmattn::Rule::full()));
 }
 void BM_CrossImageToText(benchmark::State& state) {
   const index_t grid = state.range(0), text = state.range(1);
   run_region(state, mmattn::SequenceLayout::images_then_text(1, grid, grid, text),
-             only(mmattn::RegionPair::image_text, mmattn::Rule::full()));
+             only(mmattn::Region::across(kImage, kText), mmattn::Rule::full()));
 }
 BENCHMARK(BM_CrossTextToImage)
     ->ArgNames({"grid", "text"})

@@ -1,11 +1,15 @@
 // Every strategy on every workload of the issue, one Google Benchmark each:
 //   BM_Strategy/<workload>/<strategy>
 // workloads (image + text tokens): 1img_256+256, 4img_1024+512, 8img_2048+2048, 32img_8192+512,
-// llava_2x576+512, qwen25vl_vision (one 36 x 52 image); strategies: dense and causal FlashAttention
-// (the global kernel), window+global (7 x 7 image windows inside a causal decoder), structured
-// (RegionPolicy::structured: image window, text -> all images, causal text), qwen_window8 (the
-// vision workload's partitioned 8 x 8 windows) and naive (N x N scores in memory, the model's mask;
-// only where one N x N float matrix per thread fits in 64 MiB, so not on 32img).
+// llava_2x576+512, qwen25vl_vision (one 36 x 52 image), gemma3_local (2 images of 16 x 16 + 2048
+// text) and video (one video of 8 frames x 16 x 16 + 256 text); strategies: dense and causal
+// FlashAttention (the global kernel), window+global (7 x 7 image windows inside a causal decoder),
+// structured (RegionPolicy::structured: image window, text -> earlier images, causal text),
+// qwen_window8 (the vision workload's partitioned 8 x 8 windows), gemma3_local
+// (RegionPolicy::gemma3_local(1024): a causal band of 1024 positions, bidirectional inside each
+// image), video_window3d (RegionPolicy::video_windows(Window3D::sliding(3, 7, 7)): the video sees a
+// 3 x 7 x 7 window of itself, every other pair causal) and naive (N x N scores in memory, the
+// model's mask; only where one N x N float matrix per thread fits in 64 MiB, so not on 32img).
 //
 // 32 heads, head_dim 128, float, 2 threads. Counters (workloads.hpp): GFLOPs on allowed pairs,
 // GFLOPs_computed on computed pairs, efficiency, workspace_bytes (all threads), dense_ms and
@@ -14,6 +18,7 @@
 //
 //   ./build/bench/bench/strategies --benchmark_out=strategies.json --benchmark_out_format=json
 //   ./build/bench/bench/strategies --benchmark_filter='llava'
+//   ./build/bench/bench/strategies --benchmark_filter='gemma3_local|video/'
 
 #include <benchmark/benchmark.h>
 

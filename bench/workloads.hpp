@@ -116,7 +116,11 @@ double cached_seconds(const std::string& key, F&& f) {
 
 // ---- strategies -----------------------------------------------------------------------------------
 
-enum class Strategy : unsigned char { dense, causal, window_global, structured, qwen_window, naive };
+// gemma3_local and video_window3d plan the workload's own mask (its `target`): the Gemma-3 local
+// band and the video's 3-D window are set per workload, so --quick can shrink the band with the text.
+enum class Strategy : unsigned char {
+  dense, causal, window_global, structured, qwen_window, gemma3_local, video_window3d, naive
+};
 
 inline const char* strategy_name(Strategy s) {
   switch (s) {
@@ -125,9 +129,18 @@ inline const char* strategy_name(Strategy s) {
     case Strategy::window_global: return "window+global";
     case Strategy::structured: return "structured";
     case Strategy::qwen_window: return "qwen_window8";
+    case Strategy::gemma3_local: return "gemma3_local";
+    case Strategy::video_window3d: return "video_window3d";
     case Strategy::naive: return "naive";
   }
   return "?";
+}
+
+// The strategies that plan the workload's model mask with MultimodalAttention: the ones whose
+// speedup over dense the comparison table holds against the FLOP ratio.
+inline bool is_planned_target(Strategy s) {
+  return s == Strategy::structured || s == Strategy::qwen_window || s == Strategy::gemma3_local ||
+         s == Strategy::video_window3d;
 }
 
 // The image window of the decoder strategies: 7 x 7 patches, NATTEN-style sliding.
@@ -137,7 +150,7 @@ inline Window2D decoder_window() { return Window2D::sliding(7, 7); }
 // directions), every other pair is causal by position (earlier images, text -> images, text).
 inline RegionPolicy window_global_policy(Window2D window = decoder_window()) {
   RegionPolicy p = RegionPolicy::decoder_causal();
-  p.set(RegionPair::image_same_image, Rule::windowed(window));
+  p.set(Region::within(SegmentKind::image), window);
   return p;
 }
 
@@ -159,6 +172,8 @@ inline RegionPolicy strategy_policy(Strategy s, const Workload& w) {
     case Strategy::window_global: return window_global_policy();
     case Strategy::structured: return RegionPolicy::structured(decoder_window());
     case Strategy::qwen_window: return RegionPolicy::qwen25vl_window(8);
+    case Strategy::gemma3_local:
+    case Strategy::video_window3d:
     case Strategy::naive: return w.target;
   }
   return w.target;
@@ -169,8 +184,10 @@ inline bool naive_fits(index_t tokens) {
 }
 
 // The six workloads of the issue: images of 16 x 16 patches then text (prefill of a decoder),
-// LLaVA-1.5 (24 x 24 = 576 tokens per image) and one Qwen2.5-VL vision-encoder window layer.
-// quick: the same shapes shrunk (8 x 8 patches, an eighth of the text, 2 heads of 16) for a smoke run.
+// LLaVA-1.5 (24 x 24 = 576 tokens per image) and one Qwen2.5-VL vision-encoder window layer; then
+// a Gemma-3 local (sliding) layer and a video under a 3-D window, each against dense and causal.
+// quick: the same shapes shrunk (8 x 8 patches, an eighth of the text and of Gemma-3's band, half
+// the video's frames, 2 heads of 16) for a smoke run.
 inline std::vector<Workload> workloads(bool quick = false) {
   const index_t g = quick ? 8 : 16, llava = quick ? 12 : 24, t = quick ? 8 : 1;
   const std::vector<Strategy> decoder = {Strategy::dense, Strategy::causal, Strategy::window_global,
@@ -190,6 +207,17 @@ inline std::vector<Workload> workloads(bool quick = false) {
       // attend in 8 x 8 partitions (112 px windows of 14 px patches), the others are dense.
       Workload{"qwen25vl_vision", SequenceLayout().add_image(quick ? 9 : 36, quick ? 13 : 52),
                RegionPolicy::qwen25vl_window(8), {Strategy::dense, Strategy::qwen_window, Strategy::naive}},
+      // Gemma-3's local layers (5 of every 6): a causal band of sliding_window = 1024 positions,
+      // ORed with bidirectional attention inside each image (RegionPolicy::gemma3_local). Two
+      // images then 2048 text tokens, so most text rows see a band and not the images.
+      Workload{"gemma3_local", SequenceLayout::images_then_text(2, g, g, 2048 / t),
+               RegionPolicy::gemma3_local(1024 / t),
+               {Strategy::dense, Strategy::causal, Strategy::gemma3_local, Strategy::naive}},
+      // A video language model's prompt: one video of 8 frames of 16 x 16 patches then text; the
+      // video sees a 3 x 7 x 7 sliding window of itself (NATTEN na3d), every other pair is causal.
+      Workload{"video", SequenceLayout().add_video(quick ? 4 : 8, g, g).add_text(256 / t),
+               RegionPolicy::video_windows(Window3D::sliding(3, 7, 7)),
+               {Strategy::dense, Strategy::causal, Strategy::video_window3d, Strategy::naive}},
   };
   for (Workload& w : out) {
     if (quick) w.heads = 2, w.head_dim = 16;

@@ -4,9 +4,9 @@
 //
 //   decode_paged [image side = 16] [prompt text = 256] [decode steps = 8] [page tokens = 16]
 //
-// Chunks are cut where every key a chunk's queries may see is already in the cache: an image sees
-// its whole window in both directions, so the images go in one chunk; text is causal, so text
-// chunks may end anywhere.
+// Chunks are cut by safe_chunk_ends, where every key a chunk's queries may see is already in the
+// cache: an image sees its window in both directions, so no cut falls inside an image; text is
+// causal, so a chunk may end anywhere in it (after at most 64 tokens here).
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -53,12 +53,13 @@ int main(int argc, char** argv) {
     return view_thd(random.data() + first * heads * dim, count, heads, dim);
   };
 
-  // Prefill: the images as one chunk, then the text in chunks of 64.
+  // Prefill in chunks of at most 64 tokens where the mask allows (no chunk ends inside an image).
   const SequenceLayout prompt = layout_of(prompt_text);
   std::vector<float> out(static_cast<size_t>(capacity * heads * dim));
   write_kv(0, prompt.size());
-  for (index_t begin = 0; begin < prompt.size();) {
-    const index_t end = begin == 0 ? 2 * side * side : std::min(begin + chunk, prompt.size());
+  const std::vector<index_t> chunk_ends = safe_chunk_ends(prompt, policy, chunk);
+  index_t begin = 0;
+  for (const index_t end : chunk_ends) {
     PlanOptions range;
     range.query_begin = begin, range.query_end = end;
     const MultimodalAttention<float> attention(cfg, prompt, policy, range);
@@ -95,10 +96,10 @@ int main(int argc, char** argv) {
     err = std::max(err, double(std::abs(out[static_cast<size_t>((n - 1) * heads * dim) + i] - ref[i])));
     scale = std::max(scale, double(std::abs(ref[i])));
   }
-  std::printf("prompt %lld tokens (2 images %lldx%lld + %lld text), %lld decode steps over %lld-token pages: "
-              "%.3f ms per step; last step vs reference %.1e\n",
+  std::printf("prompt %lld tokens (2 images %lldx%lld + %lld text) prefilled in %zu chunk%s, %lld decode steps over "
+              "%lld-token pages: %.3f ms per step; last step vs reference %.1e\n",
               static_cast<long long>(prompt.size()), static_cast<long long>(side), static_cast<long long>(side),
-              static_cast<long long>(prompt_text), static_cast<long long>(steps), static_cast<long long>(page),
-              total_ms / double(steps), err / scale);
+              static_cast<long long>(prompt_text), chunk_ends.size(), chunk_ends.size() == 1 ? "" : "s",
+              static_cast<long long>(steps), static_cast<long long>(page), total_ms / double(steps), err / scale);
   return err / scale < 1e-5 ? 0 : 1;
 }

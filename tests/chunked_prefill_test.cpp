@@ -110,7 +110,8 @@ std::string run_chunked(const cases::Case& c, const std::vector<index_t>& cuts, 
   }
   const double err = std::max(max_relative_error(chunked, expected), max_lse_error(l_chunked, l_expected));
   outcome.worst_other = std::max(outcome.worst_other, err);
-  if (!(err <= 1e-6)) problems += " differs from one-shot by " + std::to_string(err) + ";";
+  // Rows in other tiles are two fp32 computations of one exact value over different key blockings.
+  if (!(err <= 4e-6)) problems += " differs from one-shot by " + std::to_string(err) + ";";
   if (!chunked.padding_intact()) problems += " output padding written;";
   return problems;
 }
@@ -155,7 +156,7 @@ TEST(ChunkedPrefill, ChunksAtTileBoundariesAreBitwise) {
     const Plan plan = make_plan(c.layout, c.policy, whole);
     std::vector<index_t> candidates;
     for (const QueryTile& t : plan.query_tiles)
-      if (!c.layout.segment(t.segment).is_image() || t.queries.first() == c.layout.segment(t.segment).start)
+      if (c.layout.segment(t.segment).is_text() || t.queries.first() == c.layout.segment(t.segment).start)
         candidates.push_back(t.queries.first());
     std::mt19937 gen(c.seed);
     std::set<index_t> cut_set{0, c.layout.size()};

@@ -184,8 +184,8 @@ TEST(Decode, ChunksWhoseRowsSeeNoKey) {
   SequenceLayout layout;
   layout.add_text(5).add_image(3, 4);
   RegionPolicy policy;
-  policy.set(RegionPair::image_same_image, Rule::windowed(Window2D::sliding(1, 1)).and_causal());
-  policy.set(RegionPair::image_text, Rule::none());
+  policy.set(Region::within(SegmentKind::image), Rule::windowed(Window2D::sliding(1, 1)).and_causal());
+  policy.set(Region::across(SegmentKind::image, SegmentKind::text), Rule::none());
   const AttentionConfig cfg = make_config(2, 1, 8);
   const index_t n = layout.size(), m = 3;
   const Buffers b = make_qkv(cfg, m, n, 8);
@@ -212,7 +212,7 @@ TEST(Decode, TokensThatSeeNothing) {
   SequenceLayout layout;
   layout.add_text(300).add_image(2, 3);
   RegionPolicy policy;
-  policy.set(RegionPair::text_text, Rule::causal_full());
+  policy.set(SegmentKind::text, SegmentKind::text, Rule::causal());
   const AttentionConfig cfg = make_config(3, 1, 16);
   const index_t n = layout.size(), m = 4;
   const Buffers b = make_qkv(cfg, m, n, 9);

@@ -4,7 +4,10 @@
 //  - against the reference run on the same rounded inputs: only fp32 accumulation and O's own
 //    rounding differ, so O is within 2 unit roundoffs of its type (1e-5 for f32) and LSE 1e-5;
 //  - against the fp32 reference on the unrounded inputs, with the tolerance of the narrowest type
-//    in the call: bf16 1e-2, f16 2e-3 for O (normwise relative), twice that for the LSE
+//    in the call: bf16 2e-2, f16 2e-3 for O (normwise relative), twice that for the LSE. bf16 keeps
+//    8 significant bits (unit roundoff 2^-9 ~ 2e-3); rounding Q and K moves each score by up to a
+//    few unit roundoffs of |q||k| summed over head_dim, which rows with few keys (windows, chunks)
+//    do not average out: 2e-2 is ten unit roundoffs.
 //    (|a - e| / max(1, |e|)): the LSE is a score, whose input-rounding error scales with
 //    scale * sum_d |q_d k_d| rather than with the score itself (a row seeing one key shows it).
 
@@ -34,7 +37,7 @@ constexpr int kCases = kSlowBuild ? 120 : 240;  // 30 per mix
 // Tolerance against the fp32 reference on unrounded inputs, by the narrowest type in the call.
 template <class T>
 double fp32_tolerance() {
-  if constexpr (std::is_same_v<T, bf16>) return 1e-2;
+  if constexpr (std::is_same_v<T, bf16>) return 2e-2;
   if constexpr (std::is_same_v<T, f16>) return 2e-3;
   return 1e-5;
 }

@@ -144,27 +144,29 @@ TEST(SequenceLayout, ErrorsNameTheProblem) {
   EXPECT_TRUE(contains(m, "the sequence has no tokens")) << m;
 }
 
-TEST(RegionPair, ClassifiesEverySegmentPair) {
+TEST(Region, ClassifiesEverySegmentPair) {
   SequenceLayout layout;
-  layout.add_image(2, 2).add_text(3).add_image(1, 4).add_text(1);
-  EXPECT_EQ(region_pair(layout, 0, 0), RegionPair::image_same_image);
-  EXPECT_EQ(region_pair(layout, 2, 2), RegionPair::image_same_image);
-  EXPECT_EQ(region_pair(layout, 0, 2), RegionPair::image_other_image);
-  EXPECT_EQ(region_pair(layout, 2, 0), RegionPair::image_other_image);
-  EXPECT_EQ(region_pair(layout, 0, 1), RegionPair::image_text);
-  EXPECT_EQ(region_pair(layout, 2, 3), RegionPair::image_text);
-  EXPECT_EQ(region_pair(layout, 1, 0), RegionPair::text_image);
-  EXPECT_EQ(region_pair(layout, 3, 2), RegionPair::text_image);
-  EXPECT_EQ(region_pair(layout, 1, 1), RegionPair::text_text);
-  EXPECT_EQ(region_pair(layout, 1, 3), RegionPair::text_text);
-  EXPECT_STREQ(region_pair_name(RegionPair::image_same_image), "image->same image");
-  EXPECT_STREQ(region_pair_name(RegionPair::text_text), "text->text");
+  layout.add_image(2, 2).add_text(3).add_image(1, 4).add_text(1).add_video(2, 2, 2);
+  const Region same_image = Region::within(SegmentKind::image);
+  EXPECT_EQ(region_of(layout, 0, 0), same_image);
+  EXPECT_EQ(region_of(layout, 2, 2), same_image);
+  EXPECT_EQ(region_of(layout, 0, 2), Region::across(SegmentKind::image, SegmentKind::image));
+  EXPECT_EQ(region_of(layout, 0, 1), Region::across(SegmentKind::image, SegmentKind::text));
+  EXPECT_EQ(region_of(layout, 1, 0), Region::across(SegmentKind::text, SegmentKind::image));
+  EXPECT_EQ(region_of(layout, 1, 1), Region::within(SegmentKind::text));
+  EXPECT_EQ(region_of(layout, 1, 3), Region::across(SegmentKind::text, SegmentKind::text));
+  EXPECT_EQ(region_of(layout, 4, 4), Region::within(SegmentKind::video));
+  EXPECT_EQ(region_of(layout, 3, 4), Region::across(SegmentKind::text, SegmentKind::video));
+  EXPECT_EQ(same_image.name(), "image->same image");
+  EXPECT_EQ(Region::across(SegmentKind::text, SegmentKind::text).name(), "text->other text");
+  EXPECT_EQ(Region::across(SegmentKind::text, SegmentKind::video).name(), "text->video");
+  // index() and at() are inverse over every region, and indices are dense.
+  for (int i = 0; i < kRegions; ++i) EXPECT_EQ(Region::at(i).index(), i);
 }
 
-void expect_rule(const RegionPolicy& p, RegionPair pair, Access access, bool causal, const char* preset) {
-  SCOPED_TRACE(std::string(preset) + " " + region_pair_name(pair));
-  EXPECT_EQ(p.rule(pair).access, access);
-  EXPECT_EQ(p.rule(pair).causal, causal);
+void expect_rule(const RegionPolicy& p, Region region, const std::string& name, const char* preset) {
+  SCOPED_TRACE(std::string(preset) + " " + region.name());
+  EXPECT_EQ(p.rule(region).name(), name);
 }
 
 void expect_window(const Window2D& w, WindowKind kind, index_t h, index_t wd, index_t dh, index_t dw) {
@@ -175,57 +177,76 @@ void expect_window(const Window2D& w, WindowKind kind, index_t h, index_t wd, in
   EXPECT_EQ(w.dilation_w, dw);
 }
 
+constexpr SegmentKind kText = SegmentKind::text, kImage = SegmentKind::image, kVideo = SegmentKind::video;
+
 TEST(RegionPolicy, PresetRules) {
-  using RP = RegionPair;
   const RegionPolicy decoder = RegionPolicy::decoder_causal();
-  for (int i = 0; i < kRegionPairs; ++i)
-    expect_rule(decoder, static_cast<RP>(i), Access::full, true, "decoder_causal");
+  for (int i = 0; i < kRegions; ++i) expect_rule(decoder, Region::at(i), "causal", "decoder_causal");
 
   const RegionPolicy dense = RegionPolicy::dense();
-  for (int i = 0; i < kRegionPairs; ++i) expect_rule(dense, static_cast<RP>(i), Access::full, false, "dense");
+  for (int i = 0; i < kRegions; ++i) expect_rule(dense, Region::at(i), "full", "dense");
 
   const RegionPolicy bidi = RegionPolicy::bidirectional_images();
-  expect_rule(bidi, RP::image_same_image, Access::full, false, "bidirectional_images");
-  for (const RP p : {RP::image_other_image, RP::image_text, RP::text_image, RP::text_text})
-    expect_rule(bidi, p, Access::full, true, "bidirectional_images");
+  for (int i = 0; i < kRegions; ++i) {
+    const Region r = Region::at(i);
+    expect_rule(bidi, r, r.same && r.query != kText ? "full" : "causal", "bidirectional_images");
+  }
 
   const RegionPolicy structured = RegionPolicy::structured();
-  expect_rule(structured, RP::image_same_image, Access::window, false, "structured");
-  expect_window(structured.rule(RP::image_same_image).window, WindowKind::sliding, 7, 7, 1, 1);
-  expect_rule(structured, RP::image_other_image, Access::none, false, "structured");
-  expect_rule(structured, RP::image_text, Access::none, false, "structured");
-  expect_rule(structured, RP::text_image, Access::full, false, "structured");
-  expect_rule(structured, RP::text_text, Access::full, true, "structured");
+  expect_rule(structured, Region::within(kImage), "window 7x7 sliding", "structured");
+  expect_window(*structured.rule(Region::within(kImage)).get<Window2D>(), WindowKind::sliding, 7, 7, 1, 1);
+  expect_rule(structured, Region::within(kVideo), "window 3x7x7 sliding", "structured");
+  expect_rule(structured, Region::across(kImage, kImage), "none", "structured");
+  expect_rule(structured, Region::across(kImage, kText), "none", "structured");
+  expect_rule(structured, Region::across(kText, kImage), "causal", "structured");
+  expect_rule(structured, Region::across(kText, kText), "causal", "structured");
+  expect_rule(structured, Region::within(kText), "causal", "structured");
   const RegionPolicy structured_d = RegionPolicy::structured(Window2D::sliding(5, 3, 2, 3));
-  expect_window(structured_d.rule(RP::image_same_image).window, WindowKind::sliding, 5, 3, 2, 3);
+  expect_window(*structured_d.rule(Region::within(kImage)).get<Window2D>(), WindowKind::sliding, 5, 3, 2, 3);
 
   const RegionPolicy qwen = RegionPolicy::qwen25vl_window();
-  expect_rule(qwen, RP::image_same_image, Access::window, false, "qwen25vl_window");
-  expect_window(qwen.rule(RP::image_same_image).window, WindowKind::partitioned, 8, 8, 1, 1);
-  expect_rule(qwen, RP::image_other_image, Access::none, false, "qwen25vl_window");
-  expect_rule(qwen, RP::image_text, Access::none, false, "qwen25vl_window");
-  expect_rule(qwen, RP::text_image, Access::none, false, "qwen25vl_window");
-  expect_rule(qwen, RP::text_text, Access::full, false, "qwen25vl_window");
-  expect_window(RegionPolicy::qwen25vl_window(4).rule(RP::image_same_image).window, WindowKind::partitioned, 4, 4,
-                1, 1);
+  expect_window(*qwen.rule(Region::within(kImage)).get<Window2D>(), WindowKind::partitioned, 8, 8, 1, 1);
+  expect_rule(qwen, Region::within(kVideo), "window 1x8x8 partitioned", "qwen25vl_window");
+  expect_rule(qwen, Region::across(kImage, kImage), "none", "qwen25vl_window");
+  expect_rule(qwen, Region::across(kImage, kText), "none", "qwen25vl_window");
+  expect_rule(qwen, Region::across(kText, kImage), "none", "qwen25vl_window");
+  expect_rule(qwen, Region::within(kText), "full", "qwen25vl_window");
+  expect_window(*RegionPolicy::qwen25vl_window(4).rule(Region::within(kImage)).get<Window2D>(),
+                WindowKind::partitioned, 4, 4, 1, 1);
 
-  // Every preset validates.
-  for (const RegionPolicy& p : {decoder, dense, bidi, structured, structured_d, qwen}) EXPECT_NO_THROW(p.validate());
+  const RegionPolicy local = RegionPolicy::gemma3_local();
+  expect_rule(local, Region::within(kImage), "full", "gemma3_local");
+  expect_rule(local, Region::across(kText, kImage), "band (1023, 0)", "gemma3_local");
+  expect_rule(RegionPolicy::llama4_chunked(), Region::within(kText), "chunked local 8192", "llama4_chunked");
+
+  // Every preset validates on a layout with every kind.
+  SequenceLayout layout;
+  layout.add_image(3, 3).add_text(2).add_video(2, 3, 3).add_text(1);
+  for (const RegionPolicy& p : {decoder, dense, bidi, structured, structured_d, qwen, local, RegionPolicy::gemma3_global(),
+                                RegionPolicy::llama4_chunked(), RegionPolicy::vision_block_diagonal(),
+                                RegionPolicy::video_windows(), RegionPolicy::sliding_causal(4)})
+    EXPECT_NO_THROW(p.validate(layout));
 }
 
 TEST(RegionPolicy, RuleHelpers) {
-  EXPECT_EQ(Rule::none().access, Access::none);
-  EXPECT_EQ(Rule::full().access, Access::full);
-  EXPECT_FALSE(Rule::full().causal);
-  EXPECT_TRUE(Rule::causal_full().causal);
+  EXPECT_TRUE(Rule::none().is_none());
+  EXPECT_TRUE(Rule{}.is_none());
+  EXPECT_EQ(Rule::full().name(), "full");
+  EXPECT_EQ(Rule::causal_full().name(), "causal");
+  EXPECT_EQ(Rule::full().and_causal().name(), "causal");
+  EXPECT_EQ(Rule::band(5, 3).and_causal().name(), "band (5, 0)");
   const Rule w = Rule::windowed(Window2D::sliding(3, 5, 2, 1)).and_causal();
-  EXPECT_EQ(w.access, Access::window);
-  EXPECT_TRUE(w.causal);
-  expect_window(w.window, WindowKind::sliding, 3, 5, 2, 1);
+  ASSERT_NE(w.get<Window2D>(), nullptr);
+  EXPECT_TRUE(w.get<Window2D>()->causal);
+  expect_window(*w.get<Window2D>(), WindowKind::sliding, 3, 5, 2, 1);
+  EXPECT_TRUE(contains(error_message([] { Rule(Window3D::sliding(1, 1, 1)).and_causal(); }), "no causal form"));
   RegionPolicy p;  // default: everything none
-  for (int i = 0; i < kRegionPairs; ++i) EXPECT_EQ(p.rule(static_cast<RegionPair>(i)).access, Access::none);
-  p.set(RegionPair::text_image, Rule::causal_full());
-  EXPECT_TRUE(p.rule(RegionPair::text_image).causal);
+  for (int i = 0; i < kRegions; ++i) EXPECT_TRUE(p.rule(Region::at(i)).is_none());
+  p.set(Region::across(kText, kImage), Rule::causal());
+  EXPECT_EQ(p.rule(Region::across(kText, kImage)).name(), "causal");
+  p.set(kText, kText, Rule::full());  // within and across
+  EXPECT_EQ(p.rule(Region::within(kText)).name(), "full");
+  EXPECT_EQ(p.rule(Region::across(kText, kText)).name(), "full");
 }
 
 // The message of validating `p` directly, through make_plan and through MultimodalAttention: all three
@@ -233,7 +254,7 @@ TEST(RegionPolicy, RuleHelpers) {
 std::vector<std::string> policy_errors(const RegionPolicy& p) {
   SequenceLayout layout;
   layout.add_image(3, 3).add_text(2);
-  return {error_message([&] { p.validate(); }), error_message([&] { make_plan(layout, p); }),
+  return {error_message([&] { p.validate(layout); }), error_message([&] { make_plan(layout, p); }),
           error_message([&] { MultimodalAttention<float>(make_config(1, 1, 4), layout, p); })};
 }
 
@@ -243,10 +264,9 @@ void expect_policy_error(const RegionPolicy& p, const std::vector<std::string>& 
 }
 
 TEST(RegionPolicy, ValidationErrorsNameTheProblem) {
-  using RP = RegionPair;
   // Even sliding sizes cannot be centred.
   expect_policy_error(RegionPolicy::structured(Window2D::sliding(6, 7)),
-                      {"image->same image", "sliding window needs odd sizes", "6 x 7"});
+                      {"image->same image", "sliding window needs odd sizes", "NATTEN", "6 x 7"});
   expect_policy_error(RegionPolicy::structured(Window2D::sliding(5, 4)), {"odd sizes", "5 x 4"});
   // Zero and negative sizes.
   expect_policy_error(RegionPolicy::structured(Window2D::sliding(0, 3)), {"window size must be positive", "0 x 3"});
@@ -257,24 +277,34 @@ TEST(RegionPolicy, ValidationErrorsNameTheProblem) {
   expect_policy_error(RegionPolicy::structured(Window2D::sliding(3, 3, 0, 1)), {"dilation must be positive", "0 x 1"});
   expect_policy_error(RegionPolicy::structured(Window2D::sliding(3, 3, 1, -2)),
                       {"dilation must be positive", "1 x -2"});
-  // A window rule anywhere but image -> same image.
-  for (const RP pair : {RP::image_other_image, RP::image_text, RP::text_image, RP::text_text}) {
+  // A 2-D window anywhere but an image's own keys.
+  for (const Region region : {Region::across(kImage, kImage), Region::across(kImage, kText),
+                              Region::across(kText, kImage), Region::within(kText)}) {
     RegionPolicy p = RegionPolicy::dense();
-    p.set(pair, Rule::windowed(Window2D::sliding(3, 3)));
-    expect_policy_error(p, {"2-D window needs one image's grid", std::string("cannot apply to ") + region_pair_name(pair)});
+    p.set(region, Window2D::sliding(3, 3));
+    expect_policy_error(p, {region.name(), "a 2-D window applies to an image's own keys"});
   }
   // Causal on top does not change what is refused.
   RegionPolicy p;
-  p.set(RP::image_same_image, Rule::windowed(Window2D::sliding(2, 3)).and_causal());
+  p.set(Region::within(kImage), Rule::windowed(Window2D::sliding(2, 3)).and_causal());
   expect_policy_error(p, {"odd sizes", "2 x 3"});
+  // Other rules' parameters.
+  expect_policy_error(RegionPolicy::sliding_causal(0), {"band needs left, right >= 0", "(-1, 0)"});
+  expect_policy_error(RegionPolicy::llama4_chunked(0), {"chunked-local rule needs chunk > 0"});
+  RegionPolicy o = RegionPolicy::dense();
+  o.set_segments(0, 5, Rule::full());
+  expect_policy_error(o, {"override names segments 0 -> 5", "layout has 2"});
+  EXPECT_TRUE(contains(error_message([] { RegionPolicy().with_sinks(-1); }), "sink tokens must be non-negative"));
 }
 
 TEST(RegionPolicy, AcceptedWindows) {
   // Partitioned windows may be even; sliding windows of size 1 are just the query.
-  EXPECT_NO_THROW(RegionPolicy::qwen25vl_window(8).validate());
-  EXPECT_NO_THROW(RegionPolicy::structured(Window2D::partitioned(2, 6)).validate());
-  EXPECT_NO_THROW(RegionPolicy::structured(Window2D::sliding(1, 1)).validate());
-  EXPECT_NO_THROW(RegionPolicy::structured(Window2D::sliding(3, 5, 4, 7)).validate());
+  SequenceLayout layout;
+  layout.add_image(4, 5).add_text(3);
+  EXPECT_NO_THROW(RegionPolicy::qwen25vl_window(8).validate(layout));
+  EXPECT_NO_THROW(RegionPolicy::structured(Window2D::partitioned(2, 6)).validate(layout));
+  EXPECT_NO_THROW(RegionPolicy::structured(Window2D::sliding(1, 1)).validate(layout));
+  EXPECT_NO_THROW(RegionPolicy::structured(Window2D::sliding(3, 5, 4, 7)).validate(layout));
 }
 
 TEST(RegionPolicy, WindowLargerThanTheGridIsNotAnErrorAndCoversTheImage) {
@@ -283,7 +313,7 @@ TEST(RegionPolicy, WindowLargerThanTheGridIsNotAnErrorAndCoversTheImage) {
   for (const RegionPolicy& policy : {RegionPolicy::structured(Window2D::sliding(9, 15)),
                                      RegionPolicy::structured(Window2D::sliding(11, 5)),
                                      RegionPolicy::qwen25vl_window(16)}) {
-    ASSERT_NO_THROW(policy.validate());
+    ASSERT_NO_THROW(policy.validate(layout));
     ASSERT_NO_THROW(make_plan(layout, policy));
     for (const index_t image : {index_t{1}, index_t{2}}) {
       const Segment& s = layout.segment(image);

@@ -80,7 +80,7 @@ TEST(MultimodalAttention, TokensThatSeeNothingGetZerosAndMinusInfinity) {
   SequenceLayout layout;
   layout.add_image(3, 4).add_text(5).add_image(2, 3).add_text(6);
   RegionPolicy policy;
-  policy.set(RegionPair::text_text, Rule::causal_full());
+  policy.set(SegmentKind::text, SegmentKind::text, Rule::causal());
   const AttentionConfig cfg = make_config(4, 2, 17);
   for (const TileSizes tiles : {TileSizes{1, 1}, TileSizes{8, 8}, TileSizes{64, 128}}) {
     SCOPED_TRACE("tiles " + std::to_string(tiles.query) + "x" + std::to_string(tiles.key));
@@ -155,6 +155,7 @@ TEST(MultimodalAttention, HeadsMajorViews) {
   options.tiles = {13, 29};
   options.query_begin = 11;
   options.query_end = 51;
+  options.all_keys_present = true;  // K/V hold the whole layout
   const MultimodalAttention<float> mm(cfg, layout, RegionPolicy::bidirectional_images(), options);
   const index_t nq = mm.plan().num_queries(), n = layout.size();
   const Buffers b = make_qkv(cfg, nq, n, 31337);
@@ -210,6 +211,7 @@ TEST(MultimodalAttention, ForwardValidatesTokenCounts) {
   options.tiles = {8, 8};
   options.query_begin = 2;
   options.query_end = 10;  // 8 queries
+  options.all_keys_present = true;
   const MultimodalAttention<float> mm(cfg, layout, RegionPolicy::structured(Window2D::sliding(3, 3)), options);
 
   {  // q (and out) for the whole layout instead of the plan's 8 queries.

@@ -19,7 +19,8 @@
 namespace {
 
 using mmattn::index_t;
-using mmattn::RegionPair;
+using mmattn::Region;
+using mmattn::SegmentKind;
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
@@ -67,14 +68,14 @@ std::vector<std::vector<std::string>> table_rows(const std::string& report, cons
 // Brute force over every (q, k) pair of the plan's query range: allowed pairs per region pair, and
 // the dense extent of each pair (every (q, k) that falls in it).
 struct Brute {
-  std::array<index_t, mmattn::kRegionPairs> allowed{}, extent{};
+  std::array<index_t, mmattn::kRegions> allowed{}, extent{};
 };
 Brute brute_force(const mmattn::Plan& plan, const mmattn::SequenceLayout& layout, const mmattn::RegionPolicy& policy) {
   Brute b;
   for (index_t q = plan.query_begin; q < plan.query_end; ++q)
     for (index_t k = 0; k < layout.size(); ++k) {
       const auto p = static_cast<size_t>(
-          mmattn::region_pair(layout, layout.segment_index(q), layout.segment_index(k)));
+          mmattn::region_of(layout, layout.segment_index(q), layout.segment_index(k)).index());
       ++b.extent[p];
       b.allowed[p] += mmattn::allowed(layout, policy, q, k) ? 1 : 0;
     }
@@ -96,6 +97,13 @@ size_t count(const std::string& text, const std::string& what) {
 
 const mmattn::AttentionConfig kConfig{4, 2, 16, {}};
 
+// Rects of the allowed-pairs group of a block map.
+size_t allowed_rects(const std::string& svg) {
+  const size_t begin = svg.find("<g fill=\"#1a237e\"");
+  if (begin == std::string::npos) return 0;
+  return count(svg.substr(begin, svg.find("</g>", begin) - begin), "<rect");
+}
+
 // Checks every region-pair row of the report against the brute-force mask and plan_stats.
 void expect_pairs_table(const mmattn::Plan& plan, const mmattn::SequenceLayout& layout,
                         const mmattn::RegionPolicy& policy) {
@@ -103,19 +111,23 @@ void expect_pairs_table(const mmattn::Plan& plan, const mmattn::SequenceLayout& 
   const mmattn::PlanStats st = mmattn::plan_stats(plan, layout, policy);
   const Brute brute = brute_force(plan, layout, policy);
   const auto rows = table_rows(report, "pair");
-  ASSERT_EQ(rows.size(), size_t(mmattn::kRegionPairs)) << report;
-  for (int i = 0; i < mmattn::kRegionPairs; ++i) {
-    const auto p = static_cast<RegionPair>(i);
-    const auto& row = rows[size_t(i)];
-    SCOPED_TRACE(mmattn::region_pair_name(p));
+  // One row per region that some (query, key) pair of the plan falls in, in Region index order.
+  size_t r = 0;
+  for (int i = 0; i < mmattn::kRegions; ++i) {
+    if (brute.extent[size_t(i)] == 0) continue;
+    const Region p = Region::at(i);
+    ASSERT_LT(r, rows.size()) << report;
+    const auto& row = rows[r++];
+    SCOPED_TRACE(p.name());
     ASSERT_EQ(row.size(), 9u);
-    EXPECT_EQ(row[0], mmattn::region_pair_name(p));
+    EXPECT_EQ(row[0], p.name());
     EXPECT_EQ(row[2], std::to_string(brute.allowed[size_t(i)]));
     EXPECT_EQ(row[3], pct(brute.allowed[size_t(i)], plan.num_queries() * layout.size()));
     EXPECT_EQ(row[4], pct(brute.allowed[size_t(i)], brute.extent[size_t(i)]));
     EXPECT_EQ(row[5], std::to_string(st.region(p).computed_pairs));
     EXPECT_EQ(row[7], std::to_string(st.region(p).full_blocks) + "/" + std::to_string(st.region(p).partial_blocks));
   }
+  EXPECT_EQ(r, rows.size()) << report;
 }
 
 // One 4x4 image then 8 text tokens, structured with a 3x3 sliding window.
@@ -129,25 +141,25 @@ TEST(PlanReport, SmallLayoutRowsByHand) {
   const Small s;
   const std::string report = mmattn::plan_report(s.plan, s.layout, s.policy, kConfig);
   const auto rows = table_rows(report, "pair");
-  ASSERT_EQ(rows.size(), 5u) << report;
+  ASSERT_EQ(rows.size(), 4u) << report;
   // By hand: a border-shifted 3x3 window always holds 9 keys, 16 image queries -> 144 pairs; the
-  // image has 16 x 16 = 256 pairs with itself. Text sees all 16 image keys (8 x 16 = 128) and
-  // earlier text causally (8 * 9 / 2 = 36, of 64). Images see no text, and there is no other image.
+  // image has 16 x 16 = 256 pairs with itself. Text sees all 16 earlier image keys (8 x 16 = 128)
+  // and earlier text causally (8 * 9 / 2 = 36, of 64). Images see no text; there is no other image
+  // and no other text segment, so those regions have no row.
   const std::vector<std::array<std::string, 5>> expected = {
+      {"text->same text", "causal", "36", "6.2%", "56.2%"},
       {"image->same image", "window 3x3 sliding", "144", "25.0%", "56.2%"},
-      {"image->other image", "none", "0", "0.0%", "-"},
+      {"text->image", "causal", "128", "22.2%", "100.0%"},
       {"image->text", "none", "0", "0.0%", "0.0%"},
-      {"text->image", "full", "128", "22.2%", "100.0%"},
-      {"text->text", "causal", "36", "6.2%", "56.2%"},
   };
   for (size_t i = 0; i < expected.size(); ++i)
     for (size_t c = 0; c < 5; ++c) EXPECT_EQ(rows[i][c], expected[i][c]) << "row " << i << " col " << c << "\n" << report;
   EXPECT_NE(report.find("308"), std::string::npos);  // total allowed: 144 + 128 + 36
   // The same numbers from the mask itself.
   const Brute brute = brute_force(s.plan, s.layout, s.policy);
-  EXPECT_EQ(brute.allowed[size_t(RegionPair::image_same_image)], 144);
-  EXPECT_EQ(brute.allowed[size_t(RegionPair::text_image)], 128);
-  EXPECT_EQ(brute.allowed[size_t(RegionPair::text_text)], 36);
+  EXPECT_EQ(brute.allowed[size_t(Region::within(SegmentKind::image).index())], 144);
+  EXPECT_EQ(brute.allowed[size_t(Region::across(SegmentKind::text, SegmentKind::image).index())], 128);
+  EXPECT_EQ(brute.allowed[size_t(Region::within(SegmentKind::text).index())], 36);
   expect_pairs_table(s.plan, s.layout, s.policy);
 }
 
@@ -202,6 +214,7 @@ TEST(PlanReport, PairRowsMatchTheMaskOnMixedLayouts) {
       expect_pairs_table(mmattn::make_plan(interleaved, policy, options), interleaved, policy);
       options.query_begin = 9;  // a chunk that starts inside the first image
       options.query_end = 40;
+      options.all_keys_present = true;
       expect_pairs_table(mmattn::make_plan(interleaved, policy, options), interleaved, policy);
     }
 }
@@ -209,16 +222,22 @@ TEST(PlanReport, PairRowsMatchTheMaskOnMixedLayouts) {
 TEST(PlanReport, RuleWords) {
   const mmattn::SequenceLayout layout = mmattn::SequenceLayout::images_then_text(2, 4, 4, 4);
   mmattn::RegionPolicy policy = mmattn::RegionPolicy::qwen25vl_window(2);
-  policy.set(RegionPair::image_same_image, mmattn::Rule::windowed(mmattn::Window2D::sliding(3, 5, 1, 2)).and_causal());
+  policy.set(Region::within(SegmentKind::image), mmattn::Rule::windowed(mmattn::Window2D::sliding(3, 5, 1, 2)).and_causal());
   const std::string report =
       mmattn::plan_report(mmattn::make_plan(layout, policy, {{8, 8}}), layout, policy, kConfig);
   const auto rows = table_rows(report, "pair");
-  ASSERT_EQ(rows.size(), 5u);
-  EXPECT_EQ(rows[0][1], "window 3x5 sliding dil 1x2, causal");
+  ASSERT_EQ(rows.size(), 5u);  // text->same text, image->same image, text->image, image->text, image->other image
+  EXPECT_EQ(rows[1][1], "window 3x5 sliding dil 1x2, causal");
   const auto q = mmattn::RegionPolicy::qwen25vl_window(2);
   const std::string r2 = mmattn::plan_report(mmattn::make_plan(layout, q, {{8, 8}}), layout, q, kConfig);
-  EXPECT_EQ(table_rows(r2, "pair")[0][1], "window 2x2 partitioned");
-  EXPECT_EQ(table_rows(r2, "pair")[4][1], "full");
+  EXPECT_EQ(table_rows(r2, "pair")[1][1], "window 2x2 partitioned");
+  EXPECT_EQ(table_rows(r2, "pair")[0][1], "full");
+  // Sinks and per-segment overrides are named.
+  mmattn::RegionPolicy o = mmattn::RegionPolicy::decoder_causal().with_sinks(2);
+  o.set_segments(1, 1, mmattn::Rule::full());
+  const auto r3 = table_rows(mmattn::plan_report(mmattn::make_plan(layout, o, {{8, 8}}), layout, o, kConfig), "pair");
+  EXPECT_EQ(r3[1][1], "causal + overrides");
+  EXPECT_EQ(r3[0][1], "causal + sinks 2");
 }
 
 TEST(PlanSvg, OneRectPerBlockAndLabels) {
@@ -228,11 +247,12 @@ TEST(PlanSvg, OneRectPerBlockAndLabels) {
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   ASSERT_GE(svg.size(), 7u);
   EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
-  // Blocks, plus the page and plot backgrounds and the three legend swatches.
-  EXPECT_EQ(count(svg, "<rect"), s.plan.blocks.size() + 2 + 3);
+  // Blocks, plus the page and plot backgrounds, the four legend swatches and the allowed pairs.
+  EXPECT_EQ(count(svg, "<rect"), s.plan.blocks.size() + 2 + 4 + allowed_rects(svg));
   EXPECT_EQ(count(svg, "<g"), count(svg, "</g>"));
   EXPECT_EQ(count(svg, "<svg"), 1u);
-  for (const char* word : {">full<", ">partial<", ">empty<", ">img0 4x4<", ">text 8<", "#2e7d32", "#f9a825", "#eeeeee"})
+  for (const char* word : {">full block<", ">partial block<", ">allowed pair<", ">skipped<", ">img0 4x4<", ">text 8<",
+                           "#2e7d32", "#f9a825", "#eeeeee", "#1a237e"})
     EXPECT_NE(svg.find(word), std::string::npos) << word;
 
   // Full blocks are drawn first, partial ones over them; each group holds its own blocks.
@@ -253,8 +273,8 @@ TEST(PlanSvg, CoordinatesStayShortOnLargePlans) {
   const auto policy = mmattn::RegionPolicy::structured();
   const mmattn::Plan plan = mmattn::make_plan(layout, policy, {{16, 16}});
   const std::string svg = mmattn::plan_svg(plan, layout);
-  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 5);
-  EXPECT_LT(svg.size(), plan.blocks.size() * 60 + 8192);
+  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 6 + allowed_rects(svg));
+  EXPECT_LT(svg.size(), (plan.blocks.size() + allowed_rects(svg)) * 60 + 8192);
   // Every numeric attribute value has at most one decimal.
   const std::regex attribute("=\"(-?[0-9]+(\\.[0-9]+)?)\"");
   size_t numbers = 0;
@@ -280,7 +300,7 @@ TEST(PlanSvg, ChunkedQueryRange) {
   options.query_end = 21;  // one decode step
   const mmattn::Plan plan = mmattn::make_plan(s.layout, s.policy, options);
   const std::string svg = mmattn::plan_svg(plan, s.layout);
-  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 5);
+  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 6 + allowed_rects(svg));
   EXPECT_NE(svg.find("queries (positions 20..21)"), std::string::npos);
   EXPECT_EQ(svg.find("height=\"0\""), std::string::npos);
 }

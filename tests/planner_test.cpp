@@ -29,16 +29,6 @@ using cases::PlanCase;
 
 // ---- The checker --------------------------------------------------------------------------------
 
-// Which pairs a partial block's mask keeps, written from BlockMask's fields: the window per axis in
-// the image's grid, then causality.
-bool mask_keeps(const BlockMask& m, index_t q, index_t k) {
-  if (m.causal && k > q) return false;
-  if (!m.window) return true;
-  const index_t qo = q - m.image_start, ko = k - m.image_start;
-  return m.shape.row_window(qo / m.grid_cols, m.grid_rows).contains(ko / m.grid_cols) &&
-         m.shape.col_window(qo % m.grid_cols, m.grid_cols).contains(ko % m.grid_cols);
-}
-
 // Failures by property letter: how many cases failed it and the first message.
 struct Failures {
   std::map<char, std::pair<int, std::string>> by_property;
@@ -135,12 +125,12 @@ class PlanChecker {
 
   // (b) full blocks hold only allowed pairs; (c) allowed pairs in exactly one block of their tile;
   // (d) no empty block; (e) key blocks within size; (f) partial masks reproduce the predicate,
-  // both as written in BlockMask and as the kernel applies it; regions are the keys' region.
+  // as the kernel applies them; a block's key segment holds its keys.
   template <class Fail>
   void check_blocks(Fail& fail) {
     std::vector<int> key_count(static_cast<size_t>(n_));
     std::vector<float> scores;
-    kernel::KeyCoords coords;
+    std::vector<KeyRun> runs;
     for (size_t t = 0; t < plan_.query_tiles.size(); ++t) {
       const QueryTile& tile = plan_.query_tiles[t];
       const TokenRect& qs = tile.queries;
@@ -155,15 +145,14 @@ class PlanChecker {
         if (ks.size() > plan_.tiles.key)
           fail('e', where + " holds " + std::to_string(ks.size()) + " keys > tiles.key");
         const index_t key_segment = c_.layout.segment_index(ks.first());
-        if (region_pair(c_.layout, tile.segment, key_segment) != block.region)
-          fail('g', where + " region tag is " + region_pair_name(block.region));
-        if (!block.full && !block.mask.window && !block.mask.causal)
-          fail('f', where + " is partial but its mask has neither window nor causal");
+        if (key_segment != block.key_segment)
+          fail('g', where + " names key segment " + std::to_string(block.key_segment) + ", its keys are in " +
+                        std::to_string(key_segment));
 
         if (!block.full) {  // the kernel's own masking of this block, on a zero score tile
           scores.assign(static_cast<size_t>(qs.size() * ks.size()), 0.0f);
           kernel::RowMap map(scores.data(), qs.size(), ks.size());
-          kernel::apply_block_mask(map, qs, ks, block.mask, coords);
+          kernel::apply_block_mask(map, qs, ks, plan_.mask(tile, block), runs);
         }
         index_t allowed_pairs = 0;
         for (index_t j = 0; j < ks.size(); ++j) {
@@ -177,7 +166,6 @@ class PlanChecker {
             const std::string pair = where + " pair (q " + std::to_string(q) + ", k " + std::to_string(k) + ")";
             if (block.full && !a) fail('b', pair + " is in a full block but not allowed");
             if (!block.full) {
-              if (mask_keeps(block.mask, q, k) != a) fail('f', pair + ": BlockMask gives " + std::to_string(!a));
               const bool kernel_keeps = scores[static_cast<size_t>(i * ks.size() + j)] == 0.0f;
               if (kernel_keeps != a) fail('f', pair + ": kernel mask gives " + std::to_string(kernel_keeps));
             }
@@ -201,25 +189,25 @@ class PlanChecker {
   template <class Fail>
   void check_stats(Fail& fail) {
     const PlanStats st = plan_stats(plan_, c_.layout, c_.policy);
-    std::array<index_t, kRegionPairs> allowed_by{}, computed_by{}, full_by{}, full_blocks{}, partial_blocks{},
+    std::array<index_t, kRegions> allowed_by{}, computed_by{}, full_by{}, full_blocks{}, partial_blocks{},
         query_tokens{};
     index_t image_queries = 0;
     for (index_t q = qb_; q < plan_.query_end; ++q) {
       const index_t qs = c_.layout.segment_index(q);
       image_queries += c_.layout.segment(qs).is_image();
-      std::array<bool, kRegionPairs> meets{};
+      std::array<bool, kRegions> meets{};
       for (index_t k = 0; k < n_; ++k) {
-        const auto pair = static_cast<size_t>(region_pair(c_.layout, qs, c_.layout.segment_index(k)));
+        const auto pair = static_cast<size_t>(region_of(c_.layout, qs, c_.layout.segment_index(k)).index());
         meets[pair] = true;
         allowed_by[pair] += ok(q, k);
       }
-      for (int p = 0; p < kRegionPairs; ++p) query_tokens[static_cast<size_t>(p)] += meets[static_cast<size_t>(p)];
+      for (int p = 0; p < kRegions; ++p) query_tokens[static_cast<size_t>(p)] += meets[static_cast<size_t>(p)];
     }
     index_t computed_total = 0;
     for (const QueryTile& tile : plan_.query_tiles)
       for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
         const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
-        const auto pair = static_cast<size_t>(block.region);
+        const auto pair = static_cast<size_t>(region_of(c_.layout, tile.segment, block.key_segment).index());
         const index_t pairs = tile.queries.size() * block.keys.size();
         computed_by[pair] += pairs;
         computed_total += pairs;
@@ -227,10 +215,10 @@ class PlanChecker {
         if (block.full) full_by[pair] += pairs;
       }
     index_t allowed_total = 0;
-    for (int p = 0; p < kRegionPairs; ++p) {
+    for (int p = 0; p < kRegions; ++p) {
       const auto i = static_cast<size_t>(p);
       const RegionStats& rs = st.regions[i];
-      const std::string region = region_pair_name(static_cast<RegionPair>(p));
+      const std::string region = Region::at(p).name();
       auto expect = [&](const char* field, index_t got, index_t want) {
         if (got != want)
           fail('g', region + " " + field + " = " + std::to_string(got) + ", brute force " + std::to_string(want));
@@ -246,8 +234,7 @@ class PlanChecker {
     if (st.allowed_pairs() != allowed_total) fail('g', "allowed_pairs() total");
     if (st.computed_pairs() != computed_total) fail('g', "computed_pairs() total");
     if (st.query_tokens != nq_ || st.key_tokens != n_) fail('g', "query/key token counts");
-    if (st.image_query_tokens != image_queries || st.text_query_tokens != nq_ - image_queries)
-      fail('g', "image/text query token counts");
+    if (st.image_query_tokens() != image_queries) fail('g', "image query token count");
   }
 
   // (h) tile_order is a permutation by descending computed_pairs, which are queries x keys.
@@ -328,7 +315,7 @@ TEST(Planner, PropertiesOnCorners) {
     c.family = "corner " + std::to_string(corners.size());
     c.layout = std::move(layout);
     c.policy = std::move(policy);
-    c.options = {tiles, tiling, qb, qe};
+    c.options = {tiles, tiling, qb, qe, /*all_keys_present=*/true};
     corners.push_back(std::move(c));
   };
   const ImageTiling tilings[] = {ImageTiling::automatic, ImageTiling::row_strips, ImageTiling::patches};
@@ -342,7 +329,8 @@ TEST(Planner, PropertiesOnCorners) {
     const index_t n = mixed.size();
     for (const RegionPolicy& p :
          {RegionPolicy::structured(Window2D::sliding(1, 1)), RegionPolicy::structured(Window2D::sliding(3, 3, 3, 3)),
-          RegionPolicy::qwen25vl_window(8), RegionPolicy::decoder_causal(), RegionPolicy::bidirectional_images()}) {
+          RegionPolicy::qwen25vl_window(8), RegionPolicy::decoder_causal(), RegionPolicy::bidirectional_images(),
+          RegionPolicy::gemma3_local(5), RegionPolicy::llama4_chunked(7), RegionPolicy::decoder_causal().with_sinks(2)}) {
       add(mixed, p, {1, 1}, t);
       add(mixed, p, {8, 8}, t);
       add(mixed, p, {64, 9}, t);
@@ -372,6 +360,7 @@ TEST(Planner, QueryRangeCuttingAStripKeepsTilesWithinTheQueryTileSize) {
   options.tiles = {4, 8};
   options.image_tiling = ImageTiling::row_strips;
   options.query_end = 7;
+  options.all_keys_present = true;
   const Plan plan = make_plan(layout, RegionPolicy::dense(), options);
   for (const QueryTile& tile : plan.query_tiles)
     EXPECT_LE(tile.queries.size(), options.tiles.query)

@@ -42,7 +42,6 @@ struct Case : PlanCase {
   bool serial = false;  // Executor::serial() instead of the default
 };
 
-inline const char* access_name(Access a) { return a == Access::none ? "none" : a == Access::full ? "full" : "window"; }
 inline const char* tiling_name(ImageTiling t) {
   return t == ImageTiling::automatic ? "automatic" : t == ImageTiling::row_strips ? "row_strips" : "patches";
 }
@@ -51,18 +50,17 @@ inline std::string describe(const PlanCase& c) {
   std::ostringstream s;
   s << "seed=" << c.seed << " family=" << c.family << "\n  layout:";
   for (const Segment& seg : c.layout.segments())
-    s << (seg.is_image() ? " I" + std::to_string(seg.rows) + "x" + std::to_string(seg.cols)
-                         : " T" + std::to_string(seg.length));
+    s << (seg.is_image()   ? " I" + std::to_string(seg.rows) + "x" + std::to_string(seg.cols)
+          : seg.is_video() ? " V" + std::to_string(seg.frames) + "x" + std::to_string(seg.rows) + "x" +
+                                 std::to_string(seg.cols)
+                           : " T" + std::to_string(seg.length));
   s << " (" << c.layout.size() << " tokens)\n  rules:";
-  for (int i = 0; i < kRegionPairs; ++i) {
-    const Rule& r = c.policy.rule(static_cast<RegionPair>(i));
-    s << " [" << region_pair_name(static_cast<RegionPair>(i)) << ": " << access_name(r.access);
-    if (r.access == Access::window)
-      s << (r.window.kind == WindowKind::sliding ? " sliding " : " partitioned ") << r.window.height << "x"
-        << r.window.width << " dil " << r.window.dilation_h << "x" << r.window.dilation_w;
-    if (r.causal) s << " causal";
-    s << "]";
-  }
+  for (int i = 0; i < kRegions; ++i) s << " [" << Region::at(i).name() << ": " << c.policy.rule(Region::at(i)).name() << "]";
+  for (index_t qs = 0; qs < c.layout.num_segments(); ++qs)
+    for (index_t ks = 0; ks < c.layout.num_segments(); ++ks)
+      if (&c.policy.rule_for(c.layout, qs, ks) != &c.policy.rule(region_of(c.layout, qs, ks)))
+        s << " [override " << qs << "->" << ks << ": " << c.policy.rule_for(c.layout, qs, ks).name() << "]";
+  if (c.policy.sinks() > 0) s << " sinks " << c.policy.sinks();
   s << "\n  tiles " << c.options.tiles.query << "x" << c.options.tiles.key << " (window_query "
     << c.options.tiles.window_query << "), tiling " << tiling_name(c.options.image_tiling) << ", queries ["
     << c.options.query_begin << ", " << c.options.query_end << ")";
@@ -89,7 +87,15 @@ inline SequenceLayout random_layout(std::mt19937& gen, const Limits& limits) {
       case 1:
       case 2: layout.add_image(uniform(gen, 1, limits.max_side), uniform(gen, 1, limits.max_side)); break;  // non-square
       case 3: layout.add_image(uniform(gen, 1, 3), uniform(gen, 1, 3)); break;  // smaller than windows
-      default: layout.add_text(uniform(gen, 1, limits.max_text)); break;
+      case 4: layout.add_text(uniform(gen, 1, limits.max_text)); break;
+      default:
+        if (gen() % 2) {  // one draw in ten is a video; keep text at ~1/3 of the rest
+          layout.add_video(uniform(gen, 1, 4), uniform(gen, 1, limits.max_side / 2 + 1),
+                           uniform(gen, 1, limits.max_side / 2 + 1));
+        } else {
+          layout.add_text(uniform(gen, 1, limits.max_text));
+        }
+        break;
     }
   }
   return layout;
@@ -106,25 +112,67 @@ inline Window2D random_window(std::mt19937& gen) {
   return w;
 }
 
-inline Rule random_rule(std::mt19937& gen, RegionPair pair) {
-  const index_t choices = pair == RegionPair::image_same_image ? 5 : 3;
-  switch (uniform(gen, 0, choices - 1)) {
+inline Window3D random_window3d(std::mt19937& gen) {
+  const index_t odd[] = {1, 3, 5, 7};
+  Window3D w = gen() % 2 ? Window3D::sliding(odd[uniform(gen, 0, 3)], odd[uniform(gen, 0, 3)], odd[uniform(gen, 0, 3)])
+                         : Window3D::partitioned(uniform(gen, 1, 4), uniform(gen, 1, 5), uniform(gen, 1, 5));
+  if (gen() % 3 == 0) w = w.dilated(uniform(gen, 1, 2), uniform(gen, 1, 3), uniform(gen, 1, 3));
+  if (gen() % 3 == 0) {
+    w = w.causal_in_time();
+    w.frames = uniform(gen, 1, 4);  // any size: a causal axis need not be centred
+  }
+  return w;
+}
+
+// A predicate no built-in rule expresses: a deterministic scatter of allowed pairs.
+inline Rule random_custom(std::mt19937& gen) {
+  const index_t m = uniform(gen, 2, 5), r = uniform(gen, 0, 1);
+  return Rule::predicate([m, r](index_t q, index_t k) { return (q * 7 + k * 3) % m != r || k == q; },
+                         "scatter " + std::to_string(m));
+}
+
+// Any rule that applies to `region`.
+inline Rule random_rule(std::mt19937& gen, Region region) {
+  const bool image = region.same && region.query == SegmentKind::image;
+  const bool video = region.same && region.query == SegmentKind::video;
+  switch (uniform(gen, 0, image || video ? 8 : 6)) {
     case 0: return Rule::none();
     case 1: return Rule::full();
-    case 2: return Rule::causal_full();
-    case 3: return Rule::windowed(random_window(gen));
-    default: return Rule::windowed(random_window(gen)).and_causal();
+    case 2: return Rule::causal();
+    case 3: return Rule::band(uniform(gen, 0, 12), gen() % 2 ? 0 : uniform(gen, 0, 12));
+    case 4: return Rule::chunked(uniform(gen, 1, 20));
+    case 5: return gen() % 4 == 0 ? random_custom(gen) : Rule::full();
+    case 6: return Rule::none();
+    case 7: return image ? Rule::windowed(random_window(gen)) : Rule(random_window3d(gen));
+    default: return image ? Rule::windowed(random_window(gen)).and_causal() : Rule(random_window3d(gen));
+  }
+}
+
+// Per-segment overrides and sinks on top of a policy, now and then.
+inline void add_random_extras(std::mt19937& gen, RegionPolicy& p, const SequenceLayout& layout) {
+  if (gen() % 4 == 0) p.with_sinks(uniform(gen, 1, 6));
+  if (gen() % 4 == 0) {
+    const index_t qs = uniform(gen, 0, layout.num_segments() - 1), ks = uniform(gen, 0, layout.num_segments() - 1);
+    p.set_segments(qs, ks, random_rule(gen, region_of(layout, qs, ks)));
   }
 }
 
 inline RegionPolicy random_policy(std::mt19937& gen, std::string& family) {
-  switch (uniform(gen, 0, 8)) {
+  switch (uniform(gen, 0, 14)) {
+    case 9: family = "gemma3_local"; return RegionPolicy::gemma3_local(uniform(gen, 1, 24));
+    case 10: family = "llama4_chunked"; return RegionPolicy::llama4_chunked(uniform(gen, 1, 24));
+    case 11: family = "vision_block_diagonal"; return RegionPolicy::vision_block_diagonal();
+    case 12: family = "video_windows"; return RegionPolicy::video_windows(random_window3d(gen));
+    case 13: {
+      family = "structured+video";
+      return RegionPolicy::structured(random_window(gen), random_window3d(gen));
+    }
     case 0: family = "decoder_causal"; return RegionPolicy::decoder_causal();
     case 1: family = "structured"; return RegionPolicy::structured(random_window(gen));
     case 2: {
       family = "structured+causal window";
       RegionPolicy p = RegionPolicy::structured();
-      p.set(RegionPair::image_same_image, Rule::windowed(random_window(gen)).and_causal());
+      p.set(Region::within(SegmentKind::image), Rule::windowed(random_window(gen)).and_causal());
       return p;
     }
     case 3: family = "bidirectional_images"; return RegionPolicy::bidirectional_images();
@@ -133,7 +181,7 @@ inline RegionPolicy random_policy(std::mt19937& gen, std::string& family) {
     default: {
       family = "random rules";
       RegionPolicy p;
-      for (int i = 0; i < kRegionPairs; ++i) p.set(static_cast<RegionPair>(i), random_rule(gen, static_cast<RegionPair>(i)));
+      for (int i = 0; i < kRegions; ++i) p.set(Region::at(i), random_rule(gen, Region::at(i)));
       return p;
     }
   }
@@ -148,6 +196,7 @@ inline index_t random_tile(std::mt19937& gen) {
 inline void draw_plan_case(std::mt19937& gen, const Limits& limits, PlanCase& c) {
   c.layout = random_layout(gen, limits);
   c.policy = random_policy(gen, c.family);
+  add_random_extras(gen, c.policy, c.layout);
   c.options.tiles = {random_tile(gen), random_tile(gen)};
   c.options.image_tiling = static_cast<ImageTiling>(uniform(gen, 0, 2));
   const index_t n = c.layout.size();
@@ -159,6 +208,7 @@ inline void draw_plan_case(std::mt19937& gen, const Limits& limits, PlanCase& c)
       c.options.query_begin = uniform(gen, 0, n - 1);
       c.options.query_end = uniform(gen, c.options.query_begin + 1, n);
   }
+  c.options.all_keys_present = true;  // the tests pass K/V of the whole layout
 }
 
 // The window patch's rows: half the time 0 (= tiles.query), else any tile size, larger than

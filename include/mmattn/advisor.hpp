@@ -177,7 +177,7 @@ struct AdvisorCandidate {
 
 inline RegionPolicy advisor_windowed_policy(Window2D window) {
   RegionPolicy p = RegionPolicy::decoder_causal();
-  p.set(RegionPair::image_same_image, Rule::windowed(window));
+  p.set(Region::within(SegmentKind::image), window);
   return p;
 }
 

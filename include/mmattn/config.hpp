@@ -24,6 +24,18 @@ class Error : public std::invalid_argument {
 
 namespace detail {
 [[noreturn]] inline void fail(const std::string& what) { throw Error("mmattn: " + what); }
+
+// a * b and a + b for sizes that come from users: an overflow is an Error naming `what`.
+inline index_t checked_mul(index_t a, index_t b, const char* what) {
+  index_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) fail(std::string(what) + ": size overflows a 64-bit index");
+  return r;
+}
+inline index_t checked_add(index_t a, index_t b, const char* what) {
+  index_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) fail(std::string(what) + ": size overflows a 64-bit index");
+  return r;
+}
 }  // namespace detail
 
 }  // namespace mmattn

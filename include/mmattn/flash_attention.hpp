@@ -1,7 +1,7 @@
 #pragma once
 // The global kernel: FlashAttention-2 forward over one sequence, dense or causal. Causal is the
-// window (infinity, 0): key tiles wholly at or below the diagonal are full, the tiles crossing it
-// are masked, and tiles above it are never visited.
+// window (infinity, 0) on positions (mask/causal.hpp): key tiles wholly at or below the diagonal
+// are full, the tiles crossing it are masked, and tiles above it are never visited.
 
 #include <algorithm>
 
@@ -20,7 +20,8 @@ struct GlobalOptions {
   index_t query_offset = 0;
 };
 
-// The block list of global attention, built from the diagonal's arithmetic alone.
+// The block list of global attention: one text segment of keys under a dense or causal rule, with
+// the query tiles placed at query_offset (they may reach past the keys: then they see them all).
 inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOptions& options, TileSizes tiles) {
   MMATTN_REQUIRE(options.query_offset >= 0,
                  "query_offset must be non-negative, got " + std::to_string(options.query_offset));
@@ -28,12 +29,22 @@ inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOp
   Plan plan;
   plan.tiles = tiles;
   plan.query_begin = options.query_offset;
-  plan.query_end = options.query_offset + query_tokens;
+  plan.query_end = detail::checked_add(options.query_offset, query_tokens, "query_offset + query tokens");
   plan.key_tokens = key_tokens;
+  plan.policy = std::make_shared<const RegionPolicy>(options.causal ? RegionPolicy::decoder_causal()
+                                                                    : RegionPolicy::dense());
+  if (key_tokens > 0) plan.layout.add_text(key_tokens);  // no keys: tiles without blocks, rows empty
+  PairMask::TileSets sets;
   for (index_t q0 = plan.query_begin; q0 < plan.query_end; q0 += tiles.query) {
     const TokenRect queries = TokenRect::span(q0, std::min(tiles.query, plan.query_end - q0));
     QueryTile tile{queries, 0, static_cast<index_t>(plan.blocks.size()), 0, 0};
-    detail::add_span_blocks(queries, 0, key_tokens, RegionPair::text_text, options.causal, tiles.key, plan.blocks);
+    std::vector<index_t> cuts;
+    if (options.causal) cuts.push_back(queries.first());
+    if (key_tokens > 0) {
+      const PairMask mask = plan.policy->pair(plan.layout, 0, 0);
+      mask.bind(queries, sets);
+      detail::add_span_blocks(sets, mask, 0, 0, key_tokens, std::move(cuts), tiles.key, plan.blocks);
+    }
     tile.block_end = static_cast<index_t>(plan.blocks.size());
     plan.query_tiles.push_back(tile);
   }

@@ -1,6 +1,8 @@
 #pragma once
-// The token sequence: an ordered list of image segments (rows x cols patch grids in raster order)
-// and text segments, in any interleaving.
+// The token sequence: an ordered list of segments in any interleaving. Text is a run of tokens,
+// an image a rows x cols patch grid in raster order, a video frames x rows x cols (one grid per
+// frame, frame after frame). Every segment is a (frames, rows, cols) grid, text being 1 x 1 x n,
+// so mask rules see one kind of coordinate.
 
 #include <algorithm>
 #include <string>
@@ -10,33 +12,65 @@
 
 namespace mmattn {
 
-enum class SegmentKind : unsigned char { text, image };
+enum class SegmentKind : unsigned char { text, image, video };
+inline constexpr int kSegmentKinds = 3;
+
+inline const char* segment_kind_name(SegmentKind k) {
+  constexpr const char* names[kSegmentKinds] = {"text", "image", "video"};
+  return names[static_cast<int>(k)];
+}
+
+// A token's coordinates inside its segment.
+struct GridCoord {
+  index_t frame = 0, row = 0, col = 0;
+};
 
 struct Segment {
   SegmentKind kind = SegmentKind::text;
   index_t start = 0;   // first position in the sequence
-  index_t length = 0;  // tokens; rows * cols for images
-  index_t rows = 1, cols = 0;  // image grid; text is one row
+  index_t length = 0;  // tokens: frames * rows * cols
+  index_t frames = 1, rows = 1, cols = 0;
 
   bool is_image() const { return kind == SegmentKind::image; }
+  bool is_video() const { return kind == SegmentKind::video; }
+  bool is_text() const { return kind == SegmentKind::text; }
   index_t end() const { return start + length; }
+  index_t frame_size() const { return rows * cols; }
+  bool contains(index_t pos) const { return pos >= start && pos < end(); }
+
+  GridCoord coord(index_t pos) const {  // pos inside the segment
+    const index_t offset = pos - start, f = offset / frame_size(), in_frame = offset % frame_size();
+    return {f, in_frame / cols, in_frame % cols};
+  }
+  index_t position(index_t frame, index_t row, index_t col) const {
+    return start + (frame * rows + row) * cols + col;
+  }
 };
 
 struct TokenCoord {
   index_t segment = 0;
-  index_t row = 0, col = 0;  // inside the image grid; text: row 0, col = offset in the segment
+  index_t row = 0, col = 0;  // inside the grid; text: row 0, col = offset in the segment
+  index_t frame = 0;         // videos only
 };
 
 class SequenceLayout {
  public:
   SequenceLayout& add_text(index_t length) {
     MMATTN_REQUIRE(length > 0, "layout: a text segment needs at least one token, got " + std::to_string(length));
-    return push({SegmentKind::text, size(), length, 1, length});
+    return push(SegmentKind::text, 1, 1, length);
   }
   SequenceLayout& add_image(index_t rows, index_t cols) {
     MMATTN_REQUIRE(rows > 0 && cols > 0, "layout: an image grid must be at least 1 x 1, got " +
                                              std::to_string(rows) + " x " + std::to_string(cols));
-    return push({SegmentKind::image, size(), rows * cols, rows, cols});
+    return push(SegmentKind::image, 1, rows, cols);
+  }
+  // One video: `frames` grids of rows x cols, frame after frame. One segment, so a window may
+  // span frames.
+  SequenceLayout& add_video(index_t frames, index_t rows, index_t cols) {
+    MMATTN_REQUIRE(frames > 0 && rows > 0 && cols > 0, "layout: a video must be at least 1 x 1 x 1, got " +
+                                                           std::to_string(frames) + " x " + std::to_string(rows) +
+                                                           " x " + std::to_string(cols));
+    return push(SegmentKind::video, frames, rows, cols);
   }
 
   // The common prompt shape: `images` grids of rows x cols, then `text_tokens` of text.
@@ -52,7 +86,9 @@ class SequenceLayout {
   const Segment& segment(index_t i) const { return segments_[static_cast<size_t>(i)]; }
   index_t num_segments() const { return static_cast<index_t>(segments_.size()); }
   index_t image_tokens() const { return count_tokens(SegmentKind::image); }
+  index_t video_tokens() const { return count_tokens(SegmentKind::video); }
   index_t text_tokens() const { return count_tokens(SegmentKind::text); }
+  index_t tokens_of(SegmentKind kind) const { return count_tokens(kind); }
 
   void validate() const { MMATTN_REQUIRE(size() > 0, "layout: the sequence has no tokens"); }
 
@@ -65,22 +101,24 @@ class SequenceLayout {
   }
   TokenCoord locate(index_t pos) const {
     const index_t si = segment_index(pos);
-    const Segment& s = segment(si);
-    const index_t offset = pos - s.start;
-    return {si, offset / s.cols, offset % s.cols};
+    const GridCoord g = segment(si).coord(pos);
+    return {si, g.row, g.col, g.frame};
   }
   index_t position(const TokenCoord& c) const {
     MMATTN_REQUIRE(c.segment >= 0 && c.segment < num_segments(), "layout: no segment " + std::to_string(c.segment));
     const Segment& s = segment(c.segment);
-    MMATTN_REQUIRE(c.row >= 0 && c.row < s.rows && c.col >= 0 && c.col < s.cols,
-                   "layout: (" + std::to_string(c.row) + ", " + std::to_string(c.col) + ") is outside segment " +
+    MMATTN_REQUIRE(c.frame >= 0 && c.frame < s.frames && c.row >= 0 && c.row < s.rows && c.col >= 0 && c.col < s.cols,
+                   "layout: (" + (s.is_video() ? std::to_string(c.frame) + ", " : std::string()) +
+                       std::to_string(c.row) + ", " + std::to_string(c.col) + ") is outside segment " +
                        std::to_string(c.segment));
-    return s.start + c.row * s.cols + c.col;
+    return s.position(c.frame, c.row, c.col);
   }
 
  private:
-  SequenceLayout& push(Segment s) {
-    segments_.push_back(s);
+  SequenceLayout& push(SegmentKind kind, index_t frames, index_t rows, index_t cols) {
+    const index_t length = detail::checked_mul(detail::checked_mul(frames, rows, "layout"), cols, "layout");
+    detail::checked_add(size(), length, "layout");
+    segments_.push_back({kind, size(), length, frames, rows, cols});
     return *this;
   }
   index_t count_tokens(SegmentKind kind) const {

@@ -1,44 +1,23 @@
 #pragma once
 // What a plan is made of: query tiles, and for each the key blocks worth visiting, each tagged
-// full (every pair allowed, no mask work) or partial (with the rule that masks it).
+// full (every pair allowed, no mask work) or partial (masked by its segment pair's rule, which the
+// plan keeps: a block names its key segment, not a copy of the rule's geometry).
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "mmattn/config.hpp"
+#include "mmattn/layout.hpp"
 #include "mmattn/policy.hpp"
+#include "mmattn/token_rect.hpp"
 
 namespace mmattn {
-
-// A set of sequence positions: `rows` runs of `cols` consecutive positions, `pitch` apart.
-// A text span is one row; a patch of an image grid has pitch = the grid's width.
-struct TokenRect {
-  index_t start = 0;
-  index_t pitch = 0;
-  index_t rows = 0, cols = 0;
-
-  static TokenRect span(index_t start, index_t length) { return {start, length, 1, length}; }
-
-  index_t size() const { return rows * cols; }
-  bool contiguous() const { return rows == 1 || pitch == cols; }
-  index_t first() const { return start; }
-  index_t last() const { return start + (rows - 1) * pitch + cols - 1; }
-  index_t at(index_t i) const { return start + (i / cols) * pitch + i % cols; }
-};
-
-// The rule a partial block is masked by. Window coordinates are relative to one image's grid.
-struct BlockMask {
-  bool causal = false;
-  bool window = false;
-  Window2D shape{};
-  index_t image_start = 0, grid_rows = 1, grid_cols = 1;
-};
 
 struct KeyBlock {
   TokenRect keys;
   bool full = true;
-  RegionPair region = RegionPair::text_text;
-  BlockMask mask{};  // meaningful only when !full
+  index_t key_segment = 0;  // the layout segment holding the keys
 };
 
 struct QueryTile {
@@ -65,17 +44,19 @@ struct Plan {
   std::vector<QueryTile> query_tiles;
   std::vector<KeyBlock> blocks;
   std::vector<index_t> tile_order;  // query tiles by descending cost: the order work is handed out
+  // What a partial block is masked by: the segments and the policy the plan was made from.
+  SequenceLayout layout;
+  std::shared_ptr<const RegionPolicy> policy;
 
   index_t num_queries() const { return query_end - query_begin; }
-  index_t max_key_block() const {
-    index_t n = 0;
-    for (const KeyBlock& b : blocks) n = std::max(n, b.keys.size());
-    return n;
-  }
   index_t max_query_tile() const {
     index_t n = 0;
     for (const QueryTile& t : query_tiles) n = std::max(n, t.queries.size());
     return n;
+  }
+  // The mask of a partial block: its tile's segment against its key segment.
+  PairMask mask(const QueryTile& tile, const KeyBlock& block) const {
+    return policy->pair(layout, tile.segment, block.key_segment);
   }
 
   // Call after the tiles are in: fills each tile's cost and the cost order.

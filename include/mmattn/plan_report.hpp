@@ -38,29 +38,31 @@ std::string format(const char* fmt, Args... args) {
 inline std::string percent(double share) { return format("%.1f%%", 100.0 * share); }
 inline std::string percent_of(index_t part, index_t whole) { return whole > 0 ? percent(double(part) / double(whole)) : "-"; }
 
-inline std::string rule_words(const Rule& r) {
-  std::string s;
-  switch (r.access) {
-    case Access::none: return "none";
-    case Access::full: return r.causal ? "causal" : "full";
-    case Access::window: {
-      const Window2D& w = r.window;
-      s = "window " + std::to_string(w.height) + "x" + std::to_string(w.width) +
-          (w.kind == WindowKind::sliding ? " sliding" : " partitioned");
-      if (w.dilation_h != 1 || w.dilation_w != 1)
-        s += " dil " + std::to_string(w.dilation_h) + "x" + std::to_string(w.dilation_w);
-      return r.causal ? s + ", causal" : s;
-    }
-  }
-  return s;
+inline std::string grid_words(const Segment& seg, const std::string& prefix);
+
+// A region's rule; "+ overrides" when per-segment overrides change it for some pair, "+ sinks N"
+// with attention sinks.
+inline std::string rule_words(const RegionPolicy& policy, const SequenceLayout& layout, Region region) {
+  std::string s = policy.rule(region).name();
+  for (index_t qs = 0; qs < layout.num_segments(); ++qs)
+    for (index_t ks = 0; ks < layout.num_segments(); ++ks)
+      if (region_of(layout, qs, ks) == region && &policy.rule_for(layout, qs, ks) != &policy.rule(region))
+        return s + " + overrides";
+  return policy.sinks() > 0 ? s + " + sinks " + std::to_string(policy.sinks()) : s;
 }
 
 inline std::string segment_label(const SequenceLayout& layout, index_t s) {
   const Segment& seg = layout.segment(s);
-  if (!seg.is_image()) return "text " + std::to_string(seg.length);
-  index_t image = 0;  // images are numbered in order, text segments do not count
-  for (index_t i = 0; i < s; ++i) image += layout.segment(i).is_image() ? 1 : 0;
-  return "img" + std::to_string(image) + " " + std::to_string(seg.rows) + "x" + std::to_string(seg.cols);
+  if (seg.is_text()) return "text " + std::to_string(seg.length);
+  index_t number = 0;  // images and videos are numbered in order, each kind on its own
+  for (index_t i = 0; i < s; ++i) number += layout.segment(i).kind == seg.kind ? 1 : 0;
+  return grid_words(seg, (seg.is_image() ? "img" : "video") + std::to_string(number) + " ");
+}
+
+inline std::string grid_words(const Segment& seg, const std::string& prefix = "") {
+  if (seg.is_text()) return "-";
+  return prefix + (seg.is_video() ? std::to_string(seg.frames) + "x" : "") + std::to_string(seg.rows) + "x" +
+         std::to_string(seg.cols);
 }
 
 // Fixed-width columns: every cell padded to its column's widest; text left, numbers right.
@@ -103,17 +105,17 @@ class TextTable {
   bool header_rule_ = false;
 };
 
-// Per region pair, how many (query, key) pairs fall in it at all: the dense extent of the pair.
+// Per region, how many (query, key) pairs fall in it at all: the dense extent of the region.
 // For image->same image that is each image's queries times its own tokens, not all image tokens,
 // so the density reads "how much of what this rule could see does it see".
-inline std::array<index_t, kRegionPairs> region_extents(const Plan& plan, const SequenceLayout& layout) {
-  std::array<index_t, kRegionPairs> extent{};
+inline std::array<index_t, kRegions> region_extents(const Plan& plan, const SequenceLayout& layout) {
+  std::array<index_t, kRegions> extent{};
   for (index_t qs = 0; qs < layout.num_segments(); ++qs) {
     const Segment& q = layout.segment(qs);
     const index_t queries = std::min(q.end(), plan.query_end) - std::max(q.start, plan.query_begin);
     if (queries <= 0) continue;
     for (index_t ks = 0; ks < layout.num_segments(); ++ks)
-      extent[static_cast<size_t>(region_pair(layout, qs, ks))] += queries * layout.segment(ks).length;
+      extent[static_cast<size_t>(region_of(layout, qs, ks).index())] += queries * layout.segment(ks).length;
   }
   return extent;
 }
@@ -134,7 +136,7 @@ inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, c
   using detail::format;
   using detail::percent_of;
   const PlanStats st = plan_stats(plan, layout, policy);
-  const std::array<index_t, kRegionPairs> extent = detail::region_extents(plan, layout);
+  const std::array<index_t, kRegions> extent = detail::region_extents(plan, layout);
   const index_t n = layout.size();
   std::string out = "mmattn plan report\n";
 
@@ -146,9 +148,9 @@ inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, c
   segs.row({"#", "segment", "kind", "positions", "tokens", "grid"});
   for (index_t s = 0; s < layout.num_segments(); ++s) {
     const Segment& seg = layout.segment(s);
-    segs.row({std::to_string(s), detail::segment_label(layout, s), seg.is_image() ? "image" : "text",
+    segs.row({std::to_string(s), detail::segment_label(layout, s), segment_kind_name(seg.kind),
               "[" + std::to_string(seg.start) + ", " + std::to_string(seg.end()) + ")", std::to_string(seg.length),
-              seg.is_image() ? std::to_string(seg.rows) + "x" + std::to_string(seg.cols) : "-"});
+              detail::grid_words(seg)});
   }
   out += segs.str();
 
@@ -156,22 +158,26 @@ inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, c
   detail::TextTable regions({false, true, true, true});
   regions.with_header_rule();
   regions.row({"region", "tokens", "of sequence", "queries planned"});
-  regions.row({"image tokens", std::to_string(layout.image_tokens()), percent_of(layout.image_tokens(), n),
-               std::to_string(st.image_query_tokens)});
-  regions.row({"text tokens", std::to_string(layout.text_tokens()), percent_of(layout.text_tokens(), n),
-               std::to_string(st.text_query_tokens)});
+  for (const SegmentKind kind : {SegmentKind::image, SegmentKind::video, SegmentKind::text}) {
+    const auto k = static_cast<int>(kind);
+    const index_t tokens = layout.tokens_of(kind);
+    if (tokens == 0 && kind == SegmentKind::video) continue;  // most layouts have none
+    regions.row({std::string(segment_kind_name(kind)) + " tokens", std::to_string(tokens), percent_of(tokens, n),
+                 std::to_string(st.query_tokens_of[static_cast<size_t>(k)])});
+  }
   out += regions.str();
 
-  out += "\nregion pairs (" + std::to_string(config.num_heads) + " heads x head_dim " +
+  out += "\nregion pairs, with the rule of each (" + std::to_string(config.num_heads) + " heads x head_dim " +
          std::to_string(config.head_dim) + "; of dense = allowed / (queries x keys), density = allowed / the pair's "
          "own queries x keys):\n";
   detail::TextTable pairs({false, false, true, true, true, true, true, true, true});
   pairs.with_header_rule();
   pairs.row({"pair", "rule", "allowed", "of dense", "density", "computed", "efficiency", "full/partial", "GFLOP"});
-  for (int i = 0; i < kRegionPairs; ++i) {
-    const auto p = static_cast<RegionPair>(i);
+  for (int i = 0; i < kRegions; ++i) {
+    if (extent[static_cast<size_t>(i)] == 0) continue;  // no pair of the layout falls in it
+    const Region p = Region::at(i);
     const RegionStats& rs = st.region(p);
-    pairs.row({region_pair_name(p), detail::rule_words(policy.rule(p)), std::to_string(rs.allowed_pairs),
+    pairs.row({p.name(), detail::rule_words(policy, layout, p), std::to_string(rs.allowed_pairs),
                percent_of(rs.allowed_pairs, st.dense_pairs()), percent_of(rs.allowed_pairs, extent[static_cast<size_t>(i)]),
                std::to_string(rs.computed_pairs), rs.computed_pairs ? detail::percent(rs.efficiency()) : "-",
                std::to_string(rs.full_blocks) + "/" + std::to_string(rs.partial_blocks),
@@ -213,11 +219,13 @@ inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, c
   return out;
 }
 
-// The block map as a standalone SVG: keys along x, queries along y, one rectangle per planned block
-// covering [first, last] of its query tile x [first, last] of its key block. A 2-D patch tile's
-// positions are not contiguous, so these envelopes can overlap one another (and cover pairs no block
-// computes); full blocks are drawn first and partial ones over them, so the picture is deterministic
-// and a partial block is never hidden. Empty space is the grey background.
+// The block map as a standalone SVG: keys along x, queries along y. Each planned block is drawn as
+// the envelope [first, last] of its query tile x [first, last] of its key block (a 2-D patch
+// tile's positions are not contiguous, so envelopes can overlap and cover pairs no block
+// computes); full blocks first, partial ones over them. Over the blocks, the mask itself: the
+// allowed keys of one query per pixel row (every query when they fit), from the plan's rules, so
+// a window over an image shows as its band and the causal triangle as a triangle. Empty space is
+// the grey background.
 inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
   using detail::svg_num;
   constexpr double kPlot = 800.0;  // the longer side of the plot area, px
@@ -264,6 +272,38 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
     out += "</g>\n";
   }
 
+  // The allowed pairs of sampled queries, runs closer than a third of a pixel drawn as one.
+  if (plan.policy) {
+    const index_t samples = std::min<index_t>(nq, std::max<index_t>(1, static_cast<index_t>(height)));
+    const double row_h = height / double(samples);
+    std::vector<KeyRun> runs;
+    out += "<g fill=\"#1a237e\" fill-opacity=\"0.6\">\n";
+    for (index_t i = 0; i < samples && plan.num_queries() > 0; ++i) {
+      const index_t q = plan.query_begin + i * plan.num_queries() / samples;
+      const index_t qs = layout.segment_index(q);
+      double x0 = -1, x1 = -1;
+      auto flush = [&] {
+        if (x1 > x0)
+          out += "<rect x=\"" + svg_num(x0) + "\" y=\"" + svg_num(double(i) * row_h) + "\" width=\"" +
+                 svg_num(std::max(x1 - x0, 0.1)) + "\" height=\"" + svg_num(std::max(row_h, 0.1)) + "\"/>\n";
+      };
+      for (index_t ks = 0; ks < layout.num_segments(); ++ks) {
+        const PairMask mask = plan.policy->pair(layout, qs, ks);
+        if (!mask.visits()) continue;
+        const Segment& key = layout.segment(ks);
+        runs.clear();
+        mask.runs(q, TokenRect::span(key.start, key.length), runs);
+        for (const KeyRun& r : runs) {
+          const double a = double(key.start + r.begin) * sx, b = double(key.start + r.end) * sx;
+          if (a - x1 > 0.33) flush(), x0 = a;
+          x1 = b;
+        }
+      }
+      flush();
+    }
+    out += "</g>\n";
+  }
+
   // Segment boundaries and labels: key segments along the top, query segments down the left.
   out += "<g stroke=\"#333333\" stroke-width=\"0.5\">\n";
   for (const Segment& seg : layout.segments()) {
@@ -298,9 +338,10 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
          svg_num(kLeft - 14) + " " + svg_num(height / 2) + ")\" text-anchor=\"middle\">queries (positions " +
          std::to_string(plan.query_begin) + ".." + std::to_string(plan.query_end) + ")</text>\n";
   // Legend, under the key axis.
-  const char* legend[3][2] = {{"#2e7d32", "full"}, {"#f9a825", "partial"}, {"#eeeeee", "empty"}};
-  for (int i = 0; i < 3; ++i) {
-    const double x = 90.0 * i, y = height + 44;
+  const char* legend[4][2] = {
+      {"#2e7d32", "full block"}, {"#f9a825", "partial block"}, {"#1a237e", "allowed pair"}, {"#eeeeee", "skipped"}};
+  for (int i = 0; i < 4; ++i) {
+    const double x = 110.0 * i, y = height + 44;
     out += "<rect x=\"" + svg_num(x) + "\" y=\"" + svg_num(y) + "\" width=\"12\" height=\"12\" fill=\"" + legend[i][0] +
            "\" stroke=\"#555555\" stroke-width=\"0.5\"/>";
     out += "<text x=\"" + svg_num(x + 16) + "\" y=\"" + svg_num(y + 10) + "\">" + legend[i][1] + "</text>\n";

@@ -29,23 +29,27 @@ struct PlanOptions {
   // chunked prefill and decode; keys are always every position of the layout.
   index_t query_begin = 0;
   index_t query_end = -1;
+  // A plan for a query range [b, e) with e before the layout's end is refused when a query may see
+  // a key at or after e (chunked prefill: those K/V are not written yet), unless the caller says
+  // all keys are present (K/V computed for the whole layout up front).
+  bool all_keys_present = false;
 };
 
 namespace detail {
 
-// Tile shape (rows, cols) for an image grid.
+// Tile shape (rows, cols) for a grid of grid_rows x grid_cols.
 struct PatchShape {
   index_t rows = 1, cols = 1;
 };
 
-inline PatchShape tile_shape(const Segment& image, index_t tile_rows, ImageTiling tiling) {
+inline PatchShape tile_shape(index_t grid_rows, index_t grid_cols, index_t tile_rows, ImageTiling tiling) {
   if (tiling == ImageTiling::row_strips) {
-    if (image.cols >= tile_rows) return {1, tile_rows};
-    return {std::max<index_t>(1, tile_rows / image.cols), image.cols};
+    if (grid_cols >= tile_rows) return {1, tile_rows};
+    return {std::max<index_t>(1, tile_rows / grid_cols), grid_cols};
   }
   const auto side = static_cast<index_t>(std::sqrt(static_cast<double>(tile_rows)));
-  const index_t cols = std::clamp<index_t>(side, 1, image.cols);
-  return {std::min(image.rows, std::max<index_t>(1, tile_rows / cols)), cols};
+  const index_t cols = std::clamp<index_t>(side, 1, grid_cols);
+  return {std::min(grid_rows, std::max<index_t>(1, tile_rows / cols)), cols};
 }
 
 // The part of `rect` inside positions [lo, hi), as rects: rows keep their shape where whole,
@@ -68,80 +72,113 @@ inline void clip_rect(const TokenRect& rect, index_t lo, index_t hi, std::vector
   }
 }
 
-// Per-axis classification of a key range against a query range: do all query coordinates see
-// every key coordinate (full), and does any see one (non-empty)?
-struct AxisCover {
-  bool all = true, any = false;
-};
-
-template <class WindowOf>
-AxisCover axis_cover(index_t q0, index_t q1, index_t k0, index_t k1, const WindowOf& window_of) {
-  AxisCover cover;
-  for (index_t x = q0; x < q1; ++x) {
-    const index_t n = window_of(x).count_in(k0, k1);
-    cover.all = cover.all && n == k1 - k0;
-    cover.any = cover.any || n > 0;
+// Cuts positions [begin, end) into spans of at most key_tile, starting over at each cut point, and
+// keeps those the mask does not leave empty. Cut points are where the keys every query sees
+// start and stop: under causality the keys before the tile's first query are full, the diagonal
+// [first query, last query] is one partial run and later keys are never listed, so the masked
+// part stays one tile-sized triangle.
+inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, index_t key_segment, index_t begin,
+                            index_t end, std::vector<index_t> cuts, index_t key_tile, std::vector<KeyBlock>& blocks) {
+  cuts.push_back(end);
+  std::sort(cuts.begin(), cuts.end());
+  index_t k0 = begin;
+  for (const index_t cut : cuts) {
+    const index_t stop = std::min(cut, end);
+    for (; k0 < stop;) {
+      const TokenRect keys = TokenRect::span(k0, std::min(key_tile, stop - k0));
+      const BlockCoverage c = mask.classify(q, keys);
+      if (c != BlockCoverage::empty) blocks.push_back({keys, c == BlockCoverage::full, key_segment});
+      k0 += keys.cols;
+    }
   }
-  return cover;
 }
 
-// Keys [k_begin, k_end) in spans of at most key_tile. Under causality the keys before the tile's
-// first query are full, the diagonal [first query, last query] is one partial run, and later keys
-// are never listed: cutting at the first query keeps the masked part to one tile-sized triangle.
-inline void add_span_blocks(const TokenRect& q, index_t k_begin, index_t k_end, RegionPair pair, bool causal,
-                            index_t key_tile, std::vector<KeyBlock>& blocks) {
-  const index_t full_end = causal ? std::clamp(q.first(), k_begin, k_end) : k_end;
-  const index_t end = causal ? std::clamp(q.last() + 1, k_begin, k_end) : k_end;
-  for (index_t k0 = k_begin; k0 < end;) {
-    const index_t stop = k0 < full_end ? full_end : end;
-    const TokenRect keys = TokenRect::span(k0, std::min(key_tile, stop - k0));
-    KeyBlock block{keys, true, pair, {}};
-    if (causal && keys.last() > q.first()) {
-      block.full = false;
-      block.mask.causal = true;
-    }
-    blocks.push_back(block);
-    k0 += keys.cols;
+// The box (frames x rows x cols of the key segment) and position bounds that hold every key some
+// query of a tile sees, from the queries' key sets.
+struct KeyExtent {
+  index_t f0, f1, r0, r1, c0, c1;  // union of the per-axis windows
+  index_t lo_min, lo_max, hi_min, hi_max;  // of the position bounds
+  index_t sink_max;  // sinks: positions [key start, sink_max) are seen by some query
+  bool any = false;  // some query sees a key through the windows
+};
+
+inline KeyExtent key_extent(const Segment& key, const std::vector<KeySet>& sets) {
+  // (an empty list, a custom rule's, bounds nothing; its caller plans the whole segment)
+  KeyExtent e{key.frames, 0, key.rows, 0, key.cols, 0, key.end(), key.start, key.end(), key.start, key.start, false};
+  for (const KeySet& s : sets) {
+    e.sink_max = std::max(e.sink_max, s.sink_end);
+    if (s.no_product()) continue;
+    e.any = true;
+    e.f0 = std::min(e.f0, s.frame.start), e.f1 = std::max(e.f1, s.frame.end);
+    e.r0 = std::min(e.r0, s.row.start), e.r1 = std::max(e.r1, s.row.end);
+    e.c0 = std::min(e.c0, s.col.start), e.c1 = std::max(e.c1, s.col.end);
+    e.lo_min = std::min(e.lo_min, s.lo), e.lo_max = std::max(e.lo_max, s.lo);
+    e.hi_min = std::min(e.hi_min, s.hi), e.hi_max = std::max(e.hi_max, s.hi);
   }
+  return e;
 }
 
 class PlanBuilder {
  public:
-  PlanBuilder(const SequenceLayout& layout, const RegionPolicy& policy, Plan& plan)
-      : layout_(layout), policy_(policy), plan_(plan) {}
+  // Keys at or after key_limit are never put in a block: in chunked prefill they are not written
+  // yet (check_keys_written showed none is allowed), and a masked key must not be read either.
+  PlanBuilder(const SequenceLayout& layout, const RegionPolicy& policy, Plan& plan, index_t key_limit)
+      : layout_(layout), policy_(policy), plan_(plan), key_limit_(key_limit) {}
 
   void add_query_tile(const TokenRect& queries, index_t segment) {
     QueryTile tile{queries, segment, static_cast<index_t>(plan_.blocks.size()), 0, 0};
     for (index_t ks = 0; ks < layout_.num_segments(); ++ks) {
-      const RegionPair pair = region_pair(layout_, segment, ks);
-      const Rule& rule = policy_.rule(pair);
-      if (rule.access == Access::full) add_full_blocks(queries, layout_.segment(ks), pair, rule.causal);
-      if (rule.access == Access::window) add_window_blocks(queries, layout_.segment(ks), rule);
+      const PairMask mask = policy_.pair(layout_, segment, ks);
+      if (!mask.visits()) continue;
+      const Segment& key = layout_.segment(ks);
+      mask.bind(queries, sets_);
+      if (mask.rule().custom()) {  // no arithmetic to bound it: every key, classified pair by pair
+        add_span_blocks(sets_, mask, ks, key.start, std::min(key.end(), key_limit_), {}, plan_.tiles.key,
+                        plan_.blocks);
+        continue;
+      }
+      add_blocks(mask, ks, key_extent(key, sets_.sets));
     }
     tile.block_end = static_cast<index_t>(plan_.blocks.size());
     plan_.query_tiles.push_back(tile);
   }
 
  private:
-  void add_full_blocks(const TokenRect& q, const Segment& keys, RegionPair pair, bool causal) {
-    add_span_blocks(q, keys.start, keys.end(), pair, causal, plan_.tiles.key, plan_.blocks);
+  void add_blocks(const PairMask& mask, index_t ks, const KeyExtent& e) {
+    const Segment& key = mask.key();
+    const bool sinks = e.sink_max > key.start;
+    if (!e.any && !sinks) return;
+    // The box's positions, clipped by the position bounds.
+    const index_t box_first = e.any ? std::max(e.lo_min, key.position(e.f0, e.r0, e.c0)) : key.start;
+    const index_t box_end =
+        std::min(key_limit_, e.any ? std::min(e.hi_max, key.position(e.f1 - 1, e.r1 - 1, e.c1 - 1) + 1) : key.start);
+    const bool whole_rows = e.c0 == 0 && e.c1 == key.cols;
+    const bool contiguous = whole_rows && (e.f1 - e.f0 == 1 || (e.r0 == 0 && e.r1 == key.rows));
+    if (contiguous || sinks || !e.any) {
+      // One run of positions; sinks are a prefix of the segment, so they join it.
+      const index_t begin = sinks ? key.start : box_first, end = std::min(std::max(box_end, e.sink_max), key_limit_);
+      std::vector<index_t> cuts;
+      if (e.lo_min < e.lo_max) cuts.push_back(e.lo_max);
+      if (e.hi_min < e.hi_max) cuts.push_back(e.hi_min - 1);
+      if (sinks) cuts.push_back(e.sink_max);
+      add_span_blocks(sets_, mask, ks, begin, end, std::move(cuts), plan_.tiles.key, plan_.blocks);
+      return;
+    }
+    if (box_first >= box_end) return;
+    // A window: per frame, the rows x cols box cut into rects of at most tiles.key keys.
+    const GridCoord first = key.coord(box_first), last = key.coord(box_end - 1);
+    for (index_t f = std::max(e.f0, first.frame); f < std::min(e.f1, last.frame + 1); ++f) {
+      const index_t r_lo = f == first.frame ? std::max(e.r0, first.row) : e.r0;
+      const index_t r_hi = f == last.frame ? std::min(e.r1, last.row + 1) : e.r1;
+      add_rect_blocks(mask, ks, f, r_lo, r_hi, e.c0, e.c1);
+    }
   }
 
-  // Keys of the window union of the tile's queries, cut into rects of at most tiles.key keys.
-  void add_window_blocks(const TokenRect& q, const Segment& image, const Rule& rule) {
-    const Window2D& w = rule.window;
-    const index_t offset = q.start - image.start;
-    const index_t qr0 = offset / image.cols, qr1 = qr0 + q.rows;
-    const index_t qc0 = offset % image.cols, qc1 = qc0 + q.cols;
-    auto row_window = [&](index_t r) { return w.row_window(r, image.rows); };
-    auto col_window = [&](index_t c) { return w.col_window(c, image.cols); };
-
-    index_t r_lo = image.rows, r_hi = 0, c_lo = image.cols, c_hi = 0;
-    for (index_t r = qr0; r < qr1; ++r) r_lo = std::min(r_lo, row_window(r).start), r_hi = std::max(r_hi, row_window(r).end);
-    for (index_t c = qc0; c < qc1; ++c) c_lo = std::min(c_lo, col_window(c).start), c_hi = std::max(c_hi, col_window(c).end);
-    if (rule.causal) r_hi = std::min(r_hi, qr1);  // later rows hold only later positions
-
+  void add_rect_blocks(const PairMask& mask, index_t ks, index_t frame, index_t r_lo, index_t r_hi, index_t c_lo,
+                       index_t c_hi) {
+    const Segment& key = mask.key();
     const index_t u_rows = r_hi - r_lo, u_cols = c_hi - c_lo, cap = plan_.tiles.key;
+    if (u_rows <= 0 || u_cols <= 0) return;
     const index_t col_chunk = std::min(u_cols, cap);
     const index_t col_chunks = (u_cols + col_chunk - 1) / col_chunk;
     const index_t rows_per = std::max<index_t>(1, cap / col_chunk);
@@ -151,39 +188,22 @@ class PlanBuilder {
     for (index_t r0 = r_lo; r0 < r_hi; r0 += rows_even) {
       for (index_t c0 = c_lo; c0 < c_hi; c0 += cols_even) {
         const index_t r1 = std::min(r0 + rows_even, r_hi), c1 = std::min(c0 + cols_even, c_hi);
-        const AxisCover rows = axis_cover(qr0, qr1, r0, r1, row_window);
-        const AxisCover cols = axis_cover(qc0, qc1, c0, c1, col_window);
-        if (!rows.any || !cols.any) continue;
-        const TokenRect keys{image.start + r0 * image.cols + c0, image.cols, r1 - r0, c1 - c0};
-        const bool causal_full = !rule.causal || keys.last() <= q.first();
-        if (rule.causal && keys.first() > q.last()) continue;
-        const bool window_full = rows.all && cols.all;
-        if (!window_full && !causal_full && !window_causal_nonempty(q, image, w, r0, r1, c0, c1)) continue;
-        KeyBlock b{keys, window_full && causal_full, RegionPair::image_same_image, {}};
-        b.mask = {!causal_full, !window_full, w, image.start, image.rows, image.cols};
-        plan_.blocks.push_back(b);
+        pieces_.clear();
+        clip_rect({key.position(frame, r0, c0), key.cols, r1 - r0, c1 - c0}, 0, key_limit_, pieces_);
+        for (const TokenRect& keys : pieces_) {
+          const BlockCoverage c = mask.classify(sets_, keys);
+          if (c != BlockCoverage::empty) plan_.blocks.push_back({keys, c == BlockCoverage::full, ks});
+        }
       }
     }
-  }
-
-  // Window and causality can each allow some pairs yet none together: look for one query whose
-  // earliest window key in the block is not after it. O(queries), not O(queries x keys).
-  static bool window_causal_nonempty(const TokenRect& q, const Segment& image, const Window2D& w, index_t r0,
-                                     index_t r1, index_t c0, index_t c1) {
-    for (index_t i = 0; i < q.size(); ++i) {
-      const index_t pos = q.at(i), offset = pos - image.start;
-      const AxisWindow rw = w.row_window(offset / image.cols, image.rows);
-      const AxisWindow cw = w.col_window(offset % image.cols, image.cols);
-      const index_t kr = rw.first_at_or_after(r0), kc = cw.first_at_or_after(c0);
-      if (kr < std::min(rw.end, r1) && kc < std::min(cw.end, c1) && image.start + kr * image.cols + kc <= pos)
-        return true;
-    }
-    return false;
   }
 
   const SequenceLayout& layout_;
   const RegionPolicy& policy_;
   Plan& plan_;
+  index_t key_limit_;
+  PairMask::TileSets sets_;  // of the tile and key segment being planned
+  std::vector<TokenRect> pieces_;
 };
 
 inline index_t computed_pairs(const Plan& plan, size_t first_tile) {
@@ -196,11 +216,32 @@ inline index_t computed_pairs(const Plan& plan, size_t first_tile) {
   return n;
 }
 
+// Refuses a query range whose queries see keys at or after its end (not written yet in chunked
+// prefill), naming the first such query and key.
+inline void check_keys_written(const SequenceLayout& layout, const RegionPolicy& policy, index_t q_begin,
+                               index_t q_end) {
+  if (q_end >= layout.size()) return;
+  const index_t first_later = layout.segment_index(q_end);
+  for (index_t qs = layout.segment_index(q_begin); qs <= first_later; ++qs) {
+    const Segment& qseg = layout.segment(qs);
+    for (index_t q = std::max(qseg.start, q_begin); q < std::min(qseg.end(), q_end); ++q)
+      for (index_t ks = first_later; ks < layout.num_segments(); ++ks) {
+        const PairMask mask = policy.pair(layout, qs, ks);
+        if (!mask.visits()) continue;
+        const index_t k = mask.first_key_from(q, q_end);
+        MMATTN_REQUIRE(k < 0, "plan: query " + std::to_string(q) + " may see key " + std::to_string(k) +
+                                  ", at or after the query range's end " + std::to_string(q_end) +
+                                  " (not written yet in chunked prefill); cut chunks with safe_chunk_ends(), or "
+                                  "set PlanOptions::all_keys_present when K/V hold the whole layout");
+      }
+  }
+}
+
 }  // namespace detail
 
 inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, const PlanOptions& options = {}) {
   layout.validate();
-  policy.validate();
+  policy.validate(layout);
   const TileSizes tiles = options.tiles;
   MMATTN_REQUIRE(tiles.query > 0 && tiles.key > 0, "plan: tile sizes must be positive, got " +
                                                        std::to_string(tiles.query) + " x " + std::to_string(tiles.key));
@@ -208,43 +249,51 @@ inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, 
   MMATTN_REQUIRE(options.query_begin >= 0 && options.query_begin < q_end && q_end <= layout.size(),
                  "plan: query range [" + std::to_string(options.query_begin) + ", " + std::to_string(q_end) +
                      ") must be a non-empty part of [0, " + std::to_string(layout.size()) + ")");
+  if (!options.all_keys_present) detail::check_keys_written(layout, policy, options.query_begin, q_end);
   Plan plan;
   plan.tiles = tiles;
   plan.query_begin = options.query_begin;
   plan.query_end = q_end;
   plan.key_tokens = layout.size();
-  detail::PlanBuilder builder(layout, policy, plan);
+  plan.layout = layout;
+  plan.policy = std::make_shared<const RegionPolicy>(policy);
+  detail::PlanBuilder builder(layout, policy, plan, options.all_keys_present ? layout.size() : q_end);
   std::vector<TokenRect> rects;
 
   for (index_t s = 0; s < layout.num_segments(); ++s) {
     const Segment& seg = layout.segment(s);
     if (seg.end() <= plan.query_begin || seg.start >= plan.query_end) continue;
-    if (!seg.is_image()) {
+    if (seg.is_text()) {
       const index_t a = std::max(seg.start, plan.query_begin), b = std::min(seg.end(), plan.query_end);
       for (index_t q0 = a; q0 < b; q0 += tiles.query)
         builder.add_query_tile(TokenRect::span(q0, std::min(tiles.query, b - q0)), s);
       continue;
     }
-    auto add_image_tiles = [&](ImageTiling tiling) {
-      const index_t rows = tiling == ImageTiling::patches ? tiles.window_query_rows() : tiles.query;
-      const detail::PatchShape shape = detail::tile_shape(seg, rows, tiling);
+    // Row strips run over the frames stacked as one tall grid; patches stay inside a frame.
+    auto add_grid_tiles = [&](ImageTiling tiling) {
+      const bool patches = tiling == ImageTiling::patches;
+      const index_t grid_rows = patches ? seg.rows : seg.frames * seg.rows, frames = patches ? seg.frames : 1;
+      const index_t rows = patches ? tiles.window_query_rows() : tiles.query;
+      const detail::PatchShape shape = detail::tile_shape(grid_rows, seg.cols, rows, tiling);
       rects.clear();
-      for (index_t r0 = 0; r0 < seg.rows; r0 += shape.rows)
-        for (index_t c0 = 0; c0 < seg.cols; c0 += shape.cols)
-          detail::clip_rect({seg.start + r0 * seg.cols + c0, seg.cols, std::min(shape.rows, seg.rows - r0),
-                             std::min(shape.cols, seg.cols - c0)},
-                            plan.query_begin, plan.query_end, rects);
+      for (index_t f = 0; f < frames; ++f)
+        for (index_t r0 = 0; r0 < grid_rows; r0 += shape.rows)
+          for (index_t c0 = 0; c0 < seg.cols; c0 += shape.cols)
+            detail::clip_rect({seg.start + f * seg.frame_size() + r0 * seg.cols + c0, seg.cols,
+                               std::min(shape.rows, grid_rows - r0), std::min(shape.cols, seg.cols - c0)},
+                              plan.query_begin, plan.query_end, rects);
       for (const TokenRect& r : rects) builder.add_query_tile(r, s);
     };
     ImageTiling tiling = options.image_tiling;
     if (tiling == ImageTiling::automatic) {
-      // Only a window makes the tiling matter; then plan both and keep the cheaper.
+      // Only a window over the grid makes the tiling matter; then plan both and keep the cheaper.
       tiling = ImageTiling::row_strips;
-      if (policy.rule(RegionPair::image_same_image).access == Access::window) {
+      const Rule& own = policy.rule_for(layout, s, s);
+      if (own.get<Window2D>() || own.get<Window3D>()) {
         const size_t tiles_before = plan.query_tiles.size(), blocks_before = plan.blocks.size();
         index_t cost[2] = {0, 0};
         for (int i = 0; i < 2; ++i) {
-          add_image_tiles(i == 0 ? ImageTiling::row_strips : ImageTiling::patches);
+          add_grid_tiles(i == 0 ? ImageTiling::row_strips : ImageTiling::patches);
           cost[i] = detail::computed_pairs(plan, tiles_before);
           plan.query_tiles.resize(tiles_before);
           plan.blocks.resize(blocks_before);
@@ -252,10 +301,50 @@ inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, 
         if (cost[1] < cost[0]) tiling = ImageTiling::patches;
       }
     }
-    add_image_tiles(tiling);
+    add_grid_tiles(tiling);
   }
   plan.finish();
   return plan;
+}
+
+// Cut points e_1 < e_2 < ... = layout.size() for chunked prefill in which every chunk
+// [e_i, e_{i+1}) is exact: no query of a chunk sees a key at or after the chunk's end. Chunks
+// hold at most max_chunk tokens where the mask allows; a run that cannot be cut (a bidirectional
+// image longer than max_chunk) becomes one longer chunk, never a cut inside it.
+inline std::vector<index_t> safe_chunk_ends(const SequenceLayout& layout, const RegionPolicy& policy,
+                                            index_t max_chunk) {
+  layout.validate();
+  policy.validate(layout);
+  MMATTN_REQUIRE(max_chunk > 0, "safe_chunk_ends: max_chunk must be positive, got " + std::to_string(max_chunk));
+  // reach[q]: the last key query q sees (-1: none). Key segments from the last down: the first one
+  // with a visible key holds the last key.
+  const index_t n = layout.size();
+  std::vector<index_t> reach(static_cast<size_t>(n), -1);
+  for (index_t qs = 0; qs < layout.num_segments(); ++qs) {
+    const Segment& qseg = layout.segment(qs);
+    for (index_t q = qseg.start; q < qseg.end(); ++q)
+      for (index_t ks = layout.num_segments() - 1; ks >= 0; --ks) {
+        const PairMask mask = policy.pair(layout, qs, ks);
+        if (!mask.visits()) continue;
+        const index_t k = mask.last_key(q);
+        if (k >= 0) {
+          reach[static_cast<size_t>(q)] = k;
+          break;
+        }
+      }
+  }
+  std::vector<index_t> ends;
+  for (index_t begin = 0; begin < n;) {
+    index_t best = -1, far = -1;
+    for (index_t e = begin + 1; e <= n; ++e) {
+      far = std::max(far, reach[static_cast<size_t>(e - 1)]);
+      if (far < e) best = e;
+      if (best > 0 && e - begin >= max_chunk) break;
+    }
+    ends.push_back(best);
+    begin = best;
+  }
+  return ends;
 }
 
 }  // namespace mmattn

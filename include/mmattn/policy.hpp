@@ -1,143 +1,231 @@
 #pragma once
-// Region rules: for each (query region, key region) pair, which keys a query may see; the presets;
-// and allowed(q, k), the single definition of the mask that the reference and the tests use.
+// The region policy: which rule (mask/rules.hpp) each (query segment, key segment) pair follows.
+// A table by (query kind, key kind, same segment or another), per-segment overrides on top (one
+// image full, another windowed; a thumbnail and its tiles), and attention sinks. Presets for the
+// models people run, and allowed(q, k), the single definition of the mask that the reference and
+// the tests use.
 
 #include <array>
 #include <string>
+#include <vector>
 
 #include "mmattn/layout.hpp"
-#include "mmattn/mask/window1d.hpp"
+#include "mmattn/mask/pair_mask.hpp"
+#include "mmattn/mask/rule.hpp"
 
 namespace mmattn {
 
-struct Window2D {
-  WindowKind kind = WindowKind::sliding;
-  index_t height = 7, width = 7;
-  index_t dilation_h = 1, dilation_w = 1;
+// A class of (query segment, key segment) pairs: by kinds, and whether the key segment is the
+// query's own. The statistics and the report count per region.
+struct Region {
+  SegmentKind query = SegmentKind::text, key = SegmentKind::text;
+  bool same = false;  // the key segment is the query's own (then the kinds are equal)
 
-  static Window2D sliding(index_t height, index_t width, index_t dilation_h = 1, index_t dilation_w = 1) {
-    return {WindowKind::sliding, height, width, dilation_h, dilation_w};
-  }
-  static Window2D partitioned(index_t height, index_t width) { return {WindowKind::partitioned, height, width, 1, 1}; }
+  static constexpr Region within(SegmentKind kind) { return {kind, kind, true}; }
+  static constexpr Region across(SegmentKind query, SegmentKind key) { return {query, key, false}; }
 
-  AxisWindow row_window(index_t row, index_t grid_rows) const {
-    return axis_window(row, grid_rows, height, dilation_h, kind);
+  int index() const { return same ? int(query) : kSegmentKinds + int(query) * kSegmentKinds + int(key); }
+  static Region at(int index) {
+    if (index < kSegmentKinds) return within(static_cast<SegmentKind>(index));
+    index -= kSegmentKinds;
+    return across(static_cast<SegmentKind>(index / kSegmentKinds), static_cast<SegmentKind>(index % kSegmentKinds));
   }
-  AxisWindow col_window(index_t col, index_t grid_cols) const {
-    return axis_window(col, grid_cols, width, dilation_w, kind);
+  std::string name() const {
+    const std::string q = segment_kind_name(query), k = segment_kind_name(key);
+    if (same) return q + "->same " + k;
+    return q + "->" + (query == key ? "other " : "") + k;
   }
-
-  void validate(const std::string& where) const {
-    MMATTN_REQUIRE(height > 0 && width > 0, where + ": window size must be positive, got " +
-                                                std::to_string(height) + " x " + std::to_string(width));
-    MMATTN_REQUIRE(dilation_h > 0 && dilation_w > 0, where + ": dilation must be positive, got " +
-                                                         std::to_string(dilation_h) + " x " +
-                                                         std::to_string(dilation_w));
-    MMATTN_REQUIRE(kind != WindowKind::sliding || (height % 2 == 1 && width % 2 == 1),
-                   where + ": a sliding window needs odd sizes to be centred, got " + std::to_string(height) + " x " +
-                       std::to_string(width));
-  }
+  friend bool operator==(Region a, Region b) { return a.index() == b.index(); }
 };
+inline constexpr int kRegions = kSegmentKinds + kSegmentKinds * kSegmentKinds;
 
-enum class Access : unsigned char { none, full, window };
-
-struct Rule {
-  Access access = Access::none;
-  bool causal = false;  // on top of the access: key position <= query position
-  Window2D window{};    // used when access == window
-
-  static Rule none() { return {}; }
-  static Rule full() { return {Access::full, false, {}}; }
-  static Rule causal_full() { return {Access::full, true, {}}; }
-  static Rule windowed(Window2D w) { return {Access::window, false, w}; }
-  Rule and_causal() const { return {access, true, window}; }
-};
-
-enum class RegionPair : unsigned char { image_same_image, image_other_image, image_text, text_image, text_text };
-inline constexpr int kRegionPairs = 5;
-
-inline const char* region_pair_name(RegionPair p) {
-  constexpr const char* names[kRegionPairs] = {"image->same image", "image->other image", "image->text",
-                                               "text->image", "text->text"};
-  return names[static_cast<int>(p)];
-}
-
-inline RegionPair region_pair(const SequenceLayout& layout, index_t query_segment, index_t key_segment) {
-  const bool q_image = layout.segment(query_segment).is_image();
-  const bool k_image = layout.segment(key_segment).is_image();
-  if (q_image && k_image)
-    return query_segment == key_segment ? RegionPair::image_same_image : RegionPair::image_other_image;
-  if (q_image) return RegionPair::image_text;
-  return k_image ? RegionPair::text_image : RegionPair::text_text;
+inline Region region_of(const SequenceLayout& layout, index_t query_segment, index_t key_segment) {
+  const Segment& q = layout.segment(query_segment);
+  const Segment& k = layout.segment(key_segment);
+  return query_segment == key_segment ? Region::within(q.kind) : Region::across(q.kind, k.kind);
 }
 
 class RegionPolicy {
  public:
-  const Rule& rule(RegionPair p) const { return rules_[static_cast<size_t>(p)]; }
-  RegionPolicy& set(RegionPair p, Rule r) {
-    rules_[static_cast<size_t>(p)] = r;
+  // One region's rule.
+  RegionPolicy& set(Region region, Rule rule) {
+    MMATTN_REQUIRE(!region.same || region.query == region.key, "policy: a segment's own keys have its own kind");
+    table_[static_cast<size_t>(region.index())] = std::move(rule);
+    return *this;
+  }
+  // query kind -> key kind, within one segment and across segments alike.
+  RegionPolicy& set(SegmentKind query, SegmentKind key, const Rule& rule) {
+    if (query == key) set(Region::within(query), rule);
+    return set(Region::across(query, key), rule);
+  }
+  // Every region.
+  RegionPolicy& set_all(const Rule& rule) {
+    table_.fill(rule);
+    return *this;
+  }
+  // Queries of segment `query_segment` over keys of `key_segment`: overrides the table (the
+  // segments are indices into the layout the policy is used with).
+  RegionPolicy& set_segments(index_t query_segment, index_t key_segment, Rule rule) {
+    MMATTN_REQUIRE(query_segment >= 0 && key_segment >= 0, "policy: segment indices must be non-negative, got " +
+                                                               std::to_string(query_segment) + ", " +
+                                                               std::to_string(key_segment));
+    for (Override& o : overrides_)
+      if (o.query_segment == query_segment && o.key_segment == key_segment) return o.rule = std::move(rule), *this;
+    overrides_.push_back({query_segment, key_segment, std::move(rule)});
+    return *this;
+  }
+  // Attention sinks (StreamingLLM): positions [0, n) are seen by every query at or after them,
+  // on top of any rule. Sinks never let a query see a later position.
+  RegionPolicy& with_sinks(index_t n) {
+    MMATTN_REQUIRE(n >= 0, "policy: the number of sink tokens must be non-negative, got " + std::to_string(n));
+    sinks_ = n;
     return *this;
   }
 
-  // Every pair causal by position: a decoder as LLaVA was trained.
-  static RegionPolicy decoder_causal() { return uniform(Rule::causal_full()); }
+  const Rule& rule(Region region) const { return table_[static_cast<size_t>(region.index())]; }
+  const Rule& rule_for(const SequenceLayout& layout, index_t query_segment, index_t key_segment) const {
+    for (const Override& o : overrides_)
+      if (o.query_segment == query_segment && o.key_segment == key_segment) return o.rule;
+    return rule(region_of(layout, query_segment, key_segment));
+  }
+  index_t sinks() const { return sinks_; }
 
-  // Image -> own image 2-D window, text -> all images and earlier text, image -> text none.
-  static RegionPolicy structured(Window2D window = Window2D::sliding(7, 7)) {
-    RegionPolicy p;
-    p.set(RegionPair::image_same_image, Rule::windowed(window));
-    p.set(RegionPair::text_image, Rule::full());
-    p.set(RegionPair::text_text, Rule::causal_full());
-    return p;
+  // The mask of one segment pair: what planner, kernel, statistics and report ask.
+  PairMask pair(const SequenceLayout& layout, index_t query_segment, index_t key_segment) const {
+    return {layout.segment(query_segment), layout.segment(key_segment),
+            rule_for(layout, query_segment, key_segment), sinks_};
   }
 
-  // A causal decoder in which each image attends to itself in both directions (prefix-LM images).
-  static RegionPolicy bidirectional_images() {
-    RegionPolicy p = decoder_causal();
-    p.set(RegionPair::image_same_image, Rule::full());
-    return p;
+  // Every rule of the table suits its region (a 2-D window only an image's own keys, sizes
+  // positive, ...), checked on unit segments of the region's kinds.
+  void validate() const {
+    for (int i = 0; i < kRegions; ++i) {
+      const Region region = Region::at(i);
+      const Segment query{region.query, 0, 1, 1, 1, 1};
+      const Segment other{region.key, 1, 1, 1, 1, 1};
+      check(rule(region), query, region.same ? query : other, region.name());
+    }
+  }
+  // validate(), and every override names a segment of `layout` and suits its pair.
+  void validate(const SequenceLayout& layout) const {
+    validate();
+    for (const Override& o : overrides_) {
+      const std::string where = "segments " + std::to_string(o.query_segment) + " -> " + std::to_string(o.key_segment);
+      MMATTN_REQUIRE(o.query_segment < layout.num_segments() && o.key_segment < layout.num_segments(),
+                     "policy: an override names " + where + " but the layout has " +
+                         std::to_string(layout.num_segments()));
+      check(o.rule, layout.segment(o.query_segment), layout.segment(o.key_segment), where);
+    }
   }
 
-  // Qwen2.5-VL vision encoder's window layers: partitioned windows of `size` x `size` patches.
-  static RegionPolicy qwen25vl_window(index_t size = 8) {
-    RegionPolicy p;
-    p.set(RegionPair::image_same_image, Rule::windowed(Window2D::partitioned(size, size)));
-    p.set(RegionPair::text_text, Rule::full());
-    return p;
-  }
+  // --- Presets. Each names the model and where its mask comes from. ---
+
+  // Every pair causal by position: a plain decoder, as LLaVA-1.5 / LLaVA-NeXT's language model
+  // runs (image tokens are ordinary tokens of a causal LM).
+  static RegionPolicy decoder_causal() { return uniform(Rule::causal()); }
 
   // Every pair sees every pair: plain bidirectional attention.
   static RegionPolicy dense() { return uniform(Rule::full()); }
 
-  void validate() const {
-    for (int i = 0; i < kRegionPairs; ++i) {
-      const auto pair = static_cast<RegionPair>(i);
-      const Rule& r = rules_[static_cast<size_t>(i)];
-      if (r.access != Access::window) continue;
-      MMATTN_REQUIRE(pair == RegionPair::image_same_image,
-                     std::string("policy: a 2-D window needs one image's grid; it cannot apply to ") +
-                         region_pair_name(pair));
-      r.window.validate(std::string("policy: ") + region_pair_name(pair));
-    }
+  // A causal decoder in which each image (and video) attends to itself in both directions.
+  // Gemma-3's global layers: causal, plus bidirectional inside each image (transformers'
+  // Gemma3 token_type_ids_mask_function ORed with the causal mask).
+  static RegionPolicy bidirectional_images() {
+    RegionPolicy p = decoder_causal();
+    p.set(Region::within(SegmentKind::image), Rule::full());
+    p.set(Region::within(SegmentKind::video), Rule::full());
+    return p;
+  }
+  static RegionPolicy gemma3_global() { return bidirectional_images(); }
+
+  // Gemma-3's local (sliding) layers: a causal band of `window` positions (config
+  // sliding_window = 1024, transformers' sliding_window_overlay: q - k < window), ORed with
+  // bidirectional attention inside each image.
+  static RegionPolicy gemma3_local(index_t window = 1024) {
+    RegionPolicy p = uniform(SlidingWindowRule::causal(window));
+    p.set(Region::within(SegmentKind::image), Rule::full());
+    p.set(Region::within(SegmentKind::video), Rule::full());
+    return p;
+  }
+
+  // Mistral-style local layers over every token: a causal band of `window` positions.
+  static RegionPolicy sliding_causal(index_t window) { return uniform(SlidingWindowRule::causal(window)); }
+
+  // Llama-4's chunked local layers (config attention_chunk_size = 8192): causal inside fixed
+  // chunks of positions.
+  static RegionPolicy llama4_chunked(index_t chunk = 8192) { return uniform(Rule::chunked(chunk)); }
+
+  // A vision encoder over several images (Pixtral, ViT, Qwen2.5-VL's full layers, which cut
+  // attention at each image with cu_seqlens): block-diagonal, full inside each image or video.
+  static RegionPolicy vision_block_diagonal() {
+    RegionPolicy p;
+    p.set(Region::within(SegmentKind::image), Rule::full());
+    p.set(Region::within(SegmentKind::video), Rule::full());
+    p.set(Region::within(SegmentKind::text), Rule::full());
+    return p;
+  }
+
+  // Qwen2.5-VL vision encoder's window layers: partitioned windows of `size` x `size` merged
+  // patches (window_size 112 px / 14 px patches / 2 x 2 merge = 8); a video is windowed frame by
+  // frame (Qwen2_5_VisionTransformer.get_window_index windows each temporal slice).
+  static RegionPolicy qwen25vl_window(index_t size = 8) {
+    RegionPolicy p;
+    p.set(Region::within(SegmentKind::image), Window2D::partitioned(size, size));
+    p.set(Region::within(SegmentKind::video), Window3D::partitioned(1, size, size));
+    p.set(Region::within(SegmentKind::text), Rule::full());
+    return p;
+  }
+
+  // A video language model with local spatio-temporal attention inside the video (NATTEN na3d
+  // semantics, optionally causal in time) and a causal decoder elsewhere.
+  static RegionPolicy video_windows(Window3D window = Window3D::sliding(3, 7, 7)) {
+    RegionPolicy p = decoder_causal();
+    p.set(Region::within(SegmentKind::video), window);
+    return p;
+  }
+
+  // The seed's structured mask: an image sees a 2-D window of itself (a video a 3-D one), text
+  // sees the images before it and earlier text, image -> text nothing. Text -> image is causal
+  // by position, so chunked prefill never needs an image that is not written yet (identical to
+  // full when images precede the text).
+  static RegionPolicy structured(Window2D window = Window2D::sliding(7, 7),
+                                 Window3D video = Window3D::sliding(3, 7, 7)) {
+    RegionPolicy p;
+    p.set(Region::within(SegmentKind::image), window);
+    p.set(Region::within(SegmentKind::video), video);
+    p.set(SegmentKind::text, SegmentKind::image, Rule::causal());
+    p.set(SegmentKind::text, SegmentKind::video, Rule::causal());
+    p.set(SegmentKind::text, SegmentKind::text, Rule::causal());
+    return p;
   }
 
  private:
-  static RegionPolicy uniform(Rule r) {
+  struct Override {
+    index_t query_segment, key_segment;
+    Rule rule;
+  };
+  // A rule's own check, its message prefixed with where the rule was set.
+  static void check(const Rule& r, const Segment& query, const Segment& key, const std::string& where) {
+    try {
+      r.check(query, key);
+    } catch (const Error& e) {
+      const std::string what = e.what(), prefix = "mmattn: policy: ";
+      detail::fail("policy: " + where + ": " + (what.rfind(prefix, 0) == 0 ? what.substr(prefix.size()) : what));
+    }
+  }
+  static RegionPolicy uniform(const Rule& r) {
     RegionPolicy p;
-    p.rules_.fill(r);
+    p.set_all(r);
     return p;
   }
-  std::array<Rule, kRegionPairs> rules_{};  // all none
+  std::array<Rule, kRegions> table_{};  // all none
+  std::vector<Override> overrides_;
+  index_t sinks_ = 0;
 };
 
 // May the query at position q see the key at position k? Positions are in the layout.
 inline bool allowed(const SequenceLayout& layout, const RegionPolicy& policy, index_t q, index_t k) {
-  const TokenCoord qc = layout.locate(q), kc = layout.locate(k);
-  const Rule& r = policy.rule(region_pair(layout, qc.segment, kc.segment));
-  if (r.access == Access::none || (r.causal && k > q)) return false;
-  if (r.access == Access::full) return true;
-  const Segment& s = layout.segment(qc.segment);
-  return r.window.row_window(qc.row, s.rows).contains(kc.row) && r.window.col_window(qc.col, s.cols).contains(kc.col);
+  return policy.pair(layout, layout.segment_index(q), layout.segment_index(k)).allowed(q, k);
 }
 
 // The predicate as a callable, for reference_attention and tests.

@@ -31,6 +31,10 @@ class CrossApproximation {
       : config_(std::move(config)), layout_(std::move(layout)), policy_(std::move(policy)), options_(options),
         executor_(std::move(executor)), name_(name) {
     config_.validate();
+    MMATTN_REQUIRE(layout_.video_tokens() == 0, std::string(name_) + ": approximates text -> image attention; "
+                                                                     "layouts with videos are not supported");
+    MMATTN_REQUIRE(policy_.sinks() == 0, std::string(name_) + ": policies with attention sinks are not supported "
+                                                              "(a sink inside an image would count twice)");
   }
 
   // The approximations plan every query: a query range is refused.

@@ -120,8 +120,7 @@ namespace detail {
 
 // Key blocks of at most `cap` keys over `rects`: contiguous rects that follow each other join one
 // span first (consecutive pooled images of whole cells are one run), then spans are cut at cap.
-inline void add_rect_blocks(const std::vector<TokenRect>& rects, index_t cap, RegionPair pair,
-                            std::vector<KeyBlock>& blocks) {
+inline void add_rect_blocks(const std::vector<TokenRect>& rects, index_t cap, std::vector<KeyBlock>& blocks) {
   std::vector<TokenRect> runs;
   for (const TokenRect& r : rects) {
     if (r.contiguous() && !runs.empty() && runs.back().rows == 1 && runs.back().start + runs.back().cols == r.start) {
@@ -137,15 +136,25 @@ inline void add_rect_blocks(const std::vector<TokenRect>& rects, index_t cap, Re
       for (index_t c0 = 0; c0 < r.cols; c0 += cols) {
         const TokenRect keys{r.start + r0 * r.pitch + c0, r.rows == 1 ? std::min(cols, r.cols - c0) : r.pitch,
                              std::min(rows_per, r.rows - r0), std::min(cols, r.cols - c0)};
-        blocks.push_back({keys, /*full=*/true, pair, {}});
+        blocks.push_back({keys, /*full=*/true, /*key_segment=*/0});
       }
   }
 }
 
-// Does the text rule let queries of text segment `text` see image segment `image`? Segments are
-// disjoint, so under causality an image is wholly before the text (visible) or wholly after.
-inline bool text_sees_image(const Rule& rule, const Segment& text, const Segment& image) {
-  return rule.access == Access::full && (!rule.causal || image.start < text.start);
+// Does every query of text segment `text` see every key of image segment `image` (true) or none
+// (false)? Pooling replaces whole images, so a rule that lets a text segment see part of an image
+// is refused.
+inline bool text_sees_image(const SequenceLayout& layout, const RegionPolicy& policy, index_t text, index_t image) {
+  const Segment& t = layout.segment(text);
+  const Segment& i = layout.segment(image);
+  const BlockCoverage c =
+      policy.pair(layout, text, image).classify(TokenRect::span(t.start, t.length), TokenRect::span(i.start, i.length));
+  MMATTN_REQUIRE(c != BlockCoverage::partial, "pooled cross: the text->image rule (" +
+                                                  policy.rule_for(layout, text, image).name() +
+                                                  ") lets text segment " + std::to_string(text) +
+                                                  " see part of image segment " + std::to_string(image) +
+                                                  "; pooling needs all of an image or none");
+  return c == BlockCoverage::full;
 }
 
 }  // namespace detail
@@ -178,7 +187,7 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
     MMATTN_REQUIRE(options_.pool >= 1, "pooled cross: pool must be >= 1, got " + std::to_string(options_.pool));
     require_whole_sequence(options);
     exact_policy_ = policy_;
-    exact_policy_.set(RegionPair::text_image, Rule::none());
+    exact_policy_.set(Region::across(SegmentKind::text, SegmentKind::image), Rule::none());
     exact_plan_ = make_plan(layout_, exact_policy_, options);
     const PoolShape shape{options_.pool, options_.pool};
     pooled_ = pooled_image_layout(layout_, shape);
@@ -260,14 +269,15 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
   template <class QView, class KView>
   UncoveredKeys uncovered_keys(const QView&, const KView&) const {
     UncoveredKeys u;
-    const Rule& rule = policy_.rule(RegionPair::text_image);
     for (const QueryTile& tile : exact_plan_.query_tiles) {
       const Segment& seg = layout_.segment(tile.segment);
-      if (seg.is_image()) continue;
+      if (!seg.is_text()) continue;
       UncoveredKeys::Entry e{-1, tile.queries, {}, Uncovered::approximated};
-      for (const Segment& image : layout_.segments())
-        if (image.is_image() && detail::text_sees_image(rule, seg, image))
+      for (index_t s = 0; s < layout_.num_segments(); ++s) {
+        const Segment& image = layout_.segment(s);
+        if (image.is_image() && detail::text_sees_image(layout_, policy_, tile.segment, s))
           e.keys.push_back(TokenRect::span(image.start, image.length));
+      }
       if (!e.keys.empty()) u.entries.push_back(std::move(e));
     }
     return u;
@@ -299,7 +309,6 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
 
  private:
   void build_pooled_parts(PoolShape shape, TileSizes tiles) {
-    const Rule& rule = policy_.rule(RegionPair::text_image);
     // The rects of every image, and the distinct cell sizes among them.
     std::vector<std::vector<PooledRect>> rects;
     for (const Segment& s : layout_.segments()) {
@@ -317,9 +326,9 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
       for (size_t c = 0; c < counts_.size(); ++c) {
         keys.clear();
         index_t image = 0;
-        for (const Segment& img : layout_.segments()) {
-          if (!img.is_image()) continue;
-          if (detail::text_sees_image(rule, seg, img))
+        for (index_t is = 0; is < layout_.num_segments(); ++is) {
+          if (!layout_.segment(is).is_image()) continue;
+          if (detail::text_sees_image(layout_, policy_, s, is))
             for (const PooledRect& r : rects[static_cast<size_t>(image)])
               if (r.count == counts_[c]) keys.push_back(r.cells);
           ++image;
@@ -334,7 +343,7 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
         for (index_t q0 = seg.start; q0 < seg.end(); q0 += tiles.query) {
           QueryTile tile{TokenRect::span(q0, std::min(tiles.query, seg.end() - q0)), s,
                          static_cast<index_t>(plan.blocks.size()), 0, 0};
-          detail::add_rect_blocks(keys, tiles.key, RegionPair::text_image, plan.blocks);
+          detail::add_rect_blocks(keys, tiles.key, plan.blocks);
           tile.block_end = static_cast<index_t>(plan.blocks.size());
           plan.query_tiles.push_back(tile);
         }

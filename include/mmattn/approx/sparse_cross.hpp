@@ -158,6 +158,8 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
     p.query_begin = plan_.query_begin;
     p.query_end = plan_.query_end;
     p.key_tokens = plan_.key_tokens;
+    p.layout = plan_.layout;  // kept blocks of image queries stay partial: their mask needs the rules
+    p.policy = plan_.policy;
     p.blocks.reserve(plan_.blocks.size());
     for (size_t t = 0; t < plan_.query_tiles.size(); ++t) {
       QueryTile tile = plan_.query_tiles[t];
@@ -165,12 +167,13 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
       tile.block_begin = static_cast<index_t>(p.blocks.size());
       for (index_t b = plan_.query_tiles[t].block_begin; b < plan_.query_tiles[t].block_end; ++b) {
         const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
-        if (ti < 0 || block.region != RegionPair::text_image) p.blocks.push_back(block);
+        if (ti < 0 || !layout_.segment(block.key_segment).is_image()) p.blocks.push_back(block);
       }
       if (ti >= 0)
         for (index_t j = 0; j < sel.key_tiles; ++j)
           if (sel.is_kept(ti, head, j))
-            p.blocks.push_back({key_tiles_[static_cast<size_t>(j)].keys, /*full=*/true, RegionPair::text_image, {}});
+            p.blocks.push_back({key_tiles_[static_cast<size_t>(j)].keys, /*full=*/true,
+                                 layout_.segment_index(key_tiles_[static_cast<size_t>(j)].keys.first())});
       tile.block_end = static_cast<index_t>(p.blocks.size());
       p.query_tiles.push_back(tile);
     }
@@ -260,9 +263,10 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
       std::vector<index_t> seen;
       for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
         const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
-        if (block.region != RegionPair::text_image) continue;
-        // Text and image segments are disjoint, so a causal text->image block is never partial.
-        MMATTN_REQUIRE(block.full, "sparse cross: a partial text->image block (internal)");
+        if (!layout_.segment(block.key_segment).is_image()) continue;
+        MMATTN_REQUIRE(block.full, "sparse cross: the text->image rule (" +
+                                       plan_.mask(tile, block).rule().name() +
+                                       ") lets a text tile see part of an image; top-k needs all of an image or none");
         const index_t image = image_of_segment[static_cast<size_t>(layout_.segment_index(block.keys.first()))];
         if (std::find(seen.begin(), seen.end(), image) == seen.end()) seen.push_back(image);
       }

@@ -1,61 +1,32 @@
 #pragma once
 // Masking of partial blocks. Only partial blocks come here; full blocks never pay for a mask.
-// The rule is evaluated with the same per-axis window functions the predicate uses.
+// The block's segment pair says, per query row, which keys are allowed as runs of block columns
+// (pair_mask.hpp); everything between the runs becomes -inf, range by range, not key by key.
 
+#include <algorithm>
 #include <vector>
 
 #include "mmattn/kernel/online_softmax.hpp"
-#include "mmattn/plan.hpp"
+#include "mmattn/mask/pair_mask.hpp"
 
 namespace mmattn::kernel {
 
-// Per-key coordinates of a block, computed once per block instead of once per (query, key).
-struct KeyCoords {
-  std::vector<index_t> pos, row, col;
-
-  void bind(const TokenRect& keys, const BlockMask& mask) {
-    const auto n = static_cast<size_t>(keys.size());
-    pos.resize(n);
-    row.resize(n);
-    col.resize(n);
-    for (size_t j = 0; j < n; ++j) {
-      pos[j] = keys.at(static_cast<index_t>(j));
-      const index_t offset = pos[j] - mask.image_start;
-      row[j] = mask.window ? offset / mask.grid_cols : 0;
-      col[j] = mask.window ? offset % mask.grid_cols : 0;
-    }
-  }
-};
-
-template <bool kWindow, bool kCausal>
-void mask_block(RowMap& scores, const TokenRect& queries, const KeyCoords& keys, const BlockMask& mask) {
-  static_assert(kWindow || kCausal, "a partial block is masked by a window, causality or both");
+// scores: (queries.size(), keys.size()); `runs` is scratch.
+template <class Scores>
+void apply_block_mask(Scores& scores, const TokenRect& queries, const TokenRect& keys, const PairMask& mask,
+                      std::vector<KeyRun>& runs) {
   const index_t n = scores.cols();
   for (index_t i = 0; i < scores.rows(); ++i) {
+    runs.clear();
+    mask.runs(queries.at(i), keys, runs);
     float* s = &scores(i, 0);
-    const index_t q = queries.at(i);
-    AxisWindow rows, cols;
-    if constexpr (kWindow) {
-      const index_t offset = q - mask.image_start;
-      rows = mask.shape.row_window(offset / mask.grid_cols, mask.grid_rows);
-      cols = mask.shape.col_window(offset % mask.grid_cols, mask.grid_cols);
+    index_t j = 0;
+    for (const KeyRun& r : runs) {
+      std::fill(s + j, s + r.begin, kNegInf);
+      j = r.end;
     }
-    for (index_t j = 0; j < n; ++j) {
-      bool ok = true;
-      if constexpr (kWindow) ok = rows.contains(keys.row[j]) && cols.contains(keys.col[j]);
-      if constexpr (kCausal) ok = ok && keys.pos[j] <= q;
-      if (!ok) s[j] = kNegInf;
-    }
+    std::fill(s + j, s + n, kNegInf);
   }
-}
-
-// The one place a block's runtime rule picks a compiled mask.
-inline void apply_block_mask(RowMap& scores, const TokenRect& queries, const TokenRect& keys, const BlockMask& mask,
-                             KeyCoords& coords) {
-  coords.bind(keys, mask);
-  if (mask.window && mask.causal) return mask_block</*kWindow=*/true, /*kCausal=*/true>(scores, queries, coords, mask);
-  if (mask.window) return mask_block</*kWindow=*/true, /*kCausal=*/false>(scores, queries, coords, mask);
-  mask_block</*kWindow=*/false, /*kCausal=*/true>(scores, queries, coords, mask);
 }
 
 }  // namespace mmattn::kernel

@@ -224,7 +224,7 @@ struct DecodeWorkspace {
   std::vector<float> row_max, row_sum;  // (heads * m)
   std::vector<float> bias;              // (m, keys): 0 or -inf, a partial block's mask
   std::vector<float> rows;              // (kSubKeys + 1, head_dim): widened rows, then a zero row
-  KeyCoords coords;
+  std::vector<KeyRun> runs;             // a masked row's allowed keys
 
   void reserve(index_t query_rows, index_t m, index_t keys, index_t dim) {
     grow(q, query_rows * dim), grow(acc, query_rows * dim), grow(scores, query_rows * padded_keys(keys));
@@ -356,7 +356,7 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
     if (!block.full) {  // one mask for all heads: it depends on positions only
       RowMap bias(ws.bias.data(), m, n);  // (m, n)
       bias.setZero();
-      apply_block_mask(bias, tile.queries, keys, block.mask, ws.coords);
+      apply_block_mask(bias, tile.queries, keys, plan.mask(tile, block), ws.runs);
       for (index_t r = 0; r < rows; ++r)  // select, not add: a masked key's score may be anything
         for (index_t j = 0; j < n; ++j)
           if (bias(r % m, j) == kNegInf) scores(r, j) = kNegInf;

@@ -1,7 +1,7 @@
 #pragma once
-// The one tiled online-softmax loop. Every region kernel (global, causal, windowed 2-D, cross) is
-// this loop over a different list of key blocks: how a block's keys are gathered comes from its
-// TokenRect, how it is masked from its BlockMask, and full blocks skip masking entirely.
+// The tiled online-softmax loop of prefill. Every region kernel (global, causal, windowed, cross)
+// is this loop over a different list of key blocks: how a block's keys are gathered comes from its
+// TokenRect, how it is masked from its segment pair's rule, and full blocks skip masking entirely.
 
 #include <Eigen/Core>
 #include <cstring>
@@ -24,7 +24,7 @@ struct Workspace {
   // thread's buffers happen to sit, so every thread computes the same bits.
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
   Buffer q, k, v, scores, acc, row_max, row_sum;
-  KeyCoords coords;
+  std::vector<KeyRun> runs;  // a masked row's allowed keys
 
   void reserve(index_t query_rows, index_t key_rows, index_t dim) {
     grow(q, query_rows * dim);
@@ -91,7 +91,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
     RowMap scores(ws.scores.data(), rows, keys);                                        // (rows, keys)
     scores.noalias() = q_tile * k_block.transpose();
-    if (!block.full) apply_block_mask(scores, tile.queries, block.keys, block.mask, ws.coords);
+    if (!block.full) apply_block_mask(scores, tile.queries, block.keys, plan.mask(tile, block), ws.runs);
     softmax.update(scores, v_block);
   }
 

@@ -1,5 +1,6 @@
 #pragma once
-// One axis of a 2-D window, written down once. A 2-D window is the product of two of these,
+// One axis of a window, written down once. A 2-D or 3-D window is the product of two or three of
+// these, and a rule on positions (causal, a 1-D band, a chunk) is one of them on the position axis,
 // so every mask, planner bound and statistic composes from the functions below.
 
 #include <algorithm>
@@ -11,7 +12,13 @@ namespace mmattn {
 enum class WindowKind : unsigned char {
   sliding,      // NATTEN: centred on the query, shifted at borders so it always holds `size` keys
   partitioned,  // Swin / Qwen2.5-VL: fixed non-overlapping windows; the last one may be smaller
+  causal,       // NATTEN's causal neighbourhood: the query and the size - 1 keys before it
 };
+
+inline const char* window_kind_name(WindowKind k) {
+  constexpr const char* names[] = {"sliding", "partitioned", "causal"};
+  return names[static_cast<int>(k)];
+}
 
 // The keys a query sees along one axis: start, start + step, ... < end.
 struct AxisWindow {
@@ -35,18 +42,24 @@ struct AxisWindow {
 
 // Dilation d splits the axis into d interleaved groups (positions with equal index mod d); the
 // window is taken inside the query's group, as NATTEN defines it. A window larger than the axis
-// (images differ in size) covers the whole axis.
+// (images differ in size) covers the whole axis. Precondition: 0 <= q < length, size and dilation
+// positive; any such sizes are safe from overflow.
 inline AxisWindow axis_window(index_t q, index_t length, index_t size, index_t dilation, WindowKind kind) {
   const index_t group = q % dilation;
-  const index_t group_length = (length - group + dilation - 1) / dilation;
+  const index_t group_length = (length - group - 1) / dilation + 1;  // q < length, so group < length
   const index_t i = q / dilation;  // index inside the group
-  index_t lo = 0;
+  index_t lo = 0, hi = 0;
   if (kind == WindowKind::sliding) {
-    lo = std::clamp<index_t>(i - size / 2, 0, std::max<index_t>(group_length - size, 0));
-  } else {
+    size = std::min(size, group_length);
+    lo = std::clamp<index_t>(i - size / 2, 0, group_length - size);
+    hi = lo + size;
+  } else if (kind == WindowKind::partitioned) {
     lo = i / size * size;
+    hi = lo + std::min(size, group_length - lo);
+  } else {
+    lo = i - std::min(size - 1, i);
+    hi = i + 1;
   }
-  const index_t hi = std::min(lo + size, group_length);
   return {group + lo * dilation, group + (hi - 1) * dilation + 1, dilation};
 }
 
