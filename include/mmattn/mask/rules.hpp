@@ -9,6 +9,7 @@
 #include "mmattn/mask/causal.hpp"
 #include "mmattn/mask/chunked.hpp"
 #include "mmattn/mask/custom.hpp"
+#include "mmattn/mask/dilated_band.hpp"
 #include "mmattn/mask/full.hpp"
 #include "mmattn/mask/none.hpp"
 #include "mmattn/mask/sliding_window.hpp"
@@ -18,6 +19,6 @@
 namespace mmattn {
 
 using RuleVariant = std::variant<NoneRule, FullRule, CausalRule, SlidingWindowRule, ChunkedRule, Window2D, Window3D,
-                                 SharedCustomRule>;
+                                 DilatedBandRule, SharedCustomRule>;
 
 }  // namespace mmattn
