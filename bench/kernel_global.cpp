@@ -286,22 +286,13 @@ struct PhaseClock {
   }
 };
 
-// Only the row-statistics half of OnlineSoftmax::update (max, exp, sum, rescale), so the PV product
-// can be timed on its own. Mirrors online_softmax.hpp line for line.
+// The kernel's softmax step alone (max, exp, sum, rescale; online_softmax.hpp), so the PV
+// product can be timed on its own. Full blocks: nothing masked.
 void softmax_rows(mmattn::kernel::RowMap& scores, float* acc, float* row_max, float* row_sum, index_t dim) {
-  using mmattn::kernel::kNegInf;
   for (index_t i = 0; i < scores.rows(); ++i) {
-    auto s = scores.row(i).array();
-    const float m_new = std::max(row_max[i], s.maxCoeff());
-    if (m_new == kNegInf) {
-      s.setZero();
-      continue;
-    }
-    s = (s - m_new).exp();
-    const float alpha = std::exp(row_max[i] - m_new);
-    row_sum[i] = row_sum[i] * alpha + s.sum();
+    const float alpha =
+        mmattn::kernel::online_softmax_step(scores.row(i).array(), row_max[i], row_sum[i], /*masked=*/false);
     if (alpha != 1.0f) Eigen::Map<Eigen::RowVectorXf>(acc + i * dim, dim) *= alpha;
-    row_max[i] = m_new;
   }
 }
 

@@ -23,12 +23,13 @@ namespace kernel {
 // Merges one (token, head) row. part_lse[i] is part i's log-sum-exp; add_part(i, w, acc) adds
 // w * O_i to acc[0, dim). Parts with lse = -inf saw no key: weight 0 and never read, so their
 // rows may hold anything. acc receives the merged row; returns the merged lse, -inf (and zeros)
-// when no part saw a key.
+// when no part saw a key, NaN (and a NaN row) when a part saw a NaN score.
 template <class AddPart>
 float merge_row(index_t parts, const float* part_lse, index_t dim, AddPart&& add_part, float* acc) {
   float top = kNegInf;
-  for (index_t i = 0; i < parts; ++i) top = std::max(top, part_lse[i]);
+  for (index_t i = 0; i < parts; ++i) top = std::isnan(part_lse[i]) ? part_lse[i] : std::max(top, part_lse[i]);
   Eigen::Map<Eigen::ArrayXf> out(acc, dim);
+  if (std::isnan(top)) return out.setConstant(top), top;  // a part saw a NaN: so does the whole row
   out.setZero();
   if (top == kNegInf) return kNegInf;  // -inf minus -inf would be NaN
   float sum = 0;

@@ -35,7 +35,7 @@ void reference_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, co
         double dot = 0;
         for (index_t c = 0; c < d; ++c) dot += double(float(q(i, h, c))) * double(float(k(j, kvh, c)));
         scores[j] = dot * scale;
-        row_max = std::max(row_max, scores[j]);
+        if (!std::isnan(row_max) && !(scores[j] <= row_max)) row_max = scores[j];  // a NaN score sticks
       }
       std::fill(acc.begin(), acc.end(), 0.0);
       double sum = 0;
@@ -47,8 +47,9 @@ void reference_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, co
           for (index_t c = 0; c < d; ++c) acc[c] += p * double(float(v(j, kvh, c)));
         }
       }
-      for (index_t c = 0; c < d; ++c) out(i, h, c) = TO(float(sum > 0 ? acc[c] / sum : 0.0));
-      if (lse) lse(i, h) = float(sum > 0 ? row_max + std::log(sum) : -std::numeric_limits<double>::infinity());
+      // A row that saw no key: zeros and -inf; a row that saw a NaN: NaN (sum is NaN, not 0).
+      for (index_t c = 0; c < d; ++c) out(i, h, c) = TO(float(sum == 0 ? 0.0 : acc[c] / sum));
+      if (lse) lse(i, h) = float(sum == 0 ? -std::numeric_limits<double>::infinity() : row_max + std::log(sum));
     }
   }
 }

@@ -269,9 +269,18 @@ void block_scores(const KView& k, const TokenRect& keys, index_t kv_heads, index
   }
 }
 
+// Are all `dim` elements of a row finite? (Read only for rows some queries of a group must not see.)
+template <class T>
+bool row_finite(const T* row, index_t dim, index_t stride) {
+  for (index_t d = 0; d < dim; ++d)
+    if (!std::isfinite(static_cast<float>(row[d * stride]))) return false;
+  return true;
+}
+
 // acc += P V for one key block, kSubKeys keys at a time per KV head. In a partial block, a row no
 // query of its group weighs is never read: a zero row stands in (masked keys may hold anything,
-// even NaN).
+// even NaN). A row some queries weigh and others do not is checked: if it is not finite, 0 x it
+// would be NaN in the rows that must not see it, so only the rows that weigh it add it, alone.
 template <bool kInPlace, class VView>
 void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_heads, index_t group_rows,
                   index_t dim, bool prefetch, DecodeWorkspace& ws, const StridedRowMap& p) {
@@ -288,6 +297,8 @@ void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_h
   };
   bases(0, base[0]);
   const E* rows[kSubKeys];
+  index_t alone[kSubKeys];  // keys of this step added row by row
+  float* const widened = ws.rows.data();  // one row, used only after the step's rows are consumed
   for (index_t j0 = 0, step = 0; j0 < n; j0 += kSubKeys, ++step) {
     const index_t sn = std::min(kSubKeys, n - j0), next_n = std::min(kSubKeys, n - j0 - sn);
     const T* const* now = base[step % 2];
@@ -297,9 +308,18 @@ void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_h
       const index_t r0 = kh * group_rows;
       if (prefetch)
         for (index_t j = 0; j < next_n; ++j) prefetch_row(ahead[j] + kh * hs, dim, v.dim_stride);
+      index_t n_alone = 0;
       for (index_t j = 0; j < sn; ++j) {
         bool weighed = full;  // every key of a full block is allowed, so its row holds real data
-        for (index_t r = r0; r < r0 + group_rows && !weighed; ++r) weighed = p(r, j0 + j) != 0.0f;
+        if (!full) {
+          index_t weighing = 0;
+          for (index_t r = r0; r < r0 + group_rows; ++r) weighing += p(r, j0 + j) != 0.0f;
+          weighed = weighing > 0;
+          if (weighed && weighing < group_rows && !row_finite(now[j] + kh * hs, dim, v.dim_stride)) {
+            alone[n_alone++] = j;
+            weighed = false;
+          }
+        }
         if constexpr (kInPlace) {
           rows[j] = weighed ? now[j] + kh * hs : zero_row.data();
         } else if (weighed) {
@@ -314,6 +334,16 @@ void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_h
         gemv::axpy_block<decltype(width)::value>(&p(r0 + r, j0), p.outerStride(), sn, rows, dim,
                                                  ws.acc.data() + (r0 + r) * dim);
       });
+      for (index_t a = 0; a < n_alone; ++a) {
+        const index_t j = alone[a];
+        convert_row(now[j] + kh * hs, dim, v.dim_stride, 1.0f, widened);
+        for (index_t r = r0; r < r0 + group_rows; ++r) {
+          const float w = p(r, j0 + j);
+          if (w == 0.0f) continue;
+          float* acc = ws.acc.data() + r * dim;
+          for (index_t d = 0; d < dim; ++d) acc[d] += w * widened[d];
+        }
+      }
     }
   }
 }
@@ -362,19 +392,9 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
           if (bias(r % m, j) == kNegInf) scores(r, j) = kNegInf;
     }
 
-    // The online softmax step of OnlineSoftmax::update, row by row.
-    for (index_t r = 0; r < rows; ++r) {
-      auto s = scores.row(r).array();
-      const float m_new = std::max(row_max[r], s.maxCoeff());
-      if (m_new == kNegInf) {  // nothing allowed yet: -inf minus -inf would be NaN
-        s.setZero();
-        continue;
-      }
-      s = (s - m_new).exp();  // masked keys become exactly 0
-      const float alpha = std::exp(row_max[r] - m_new);  // 0 on the first allowed block
-      row_sum[r] = row_sum[r] * alpha + s.sum();
+    for (index_t r = 0; r < rows; ++r) {  // masked keys get exactly 0, so block_values never reads them
+      const float alpha = online_softmax_step(scores.row(r).array(), row_max[r], row_sum[r], !block.full);
       if (alpha != 1.0f) acc.row(r) *= alpha;
-      row_max[r] = m_new;
     }
 
     if constexpr (gemv::kInPlace<TV>) {
@@ -385,10 +405,10 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
 
   for (index_t r = 0; r < rows; ++r) {
     const index_t head = r / m, token = tile.queries.at(r % m) - plan.query_begin;
-    const float l = row_sum[r], inv = l > 0 ? 1.0f / l : 0.0f;
+    const float l = row_sum[r], inv = l == 0 ? 0.0f : 1.0f / l;  // NaN stays NaN
     TO* dst = out.row(token, head);
     for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc(r, d) * inv);
-    if (lse) lse(token, head) = l > 0 ? row_max[r] + std::log(l) : kNegInf;
+    if (lse) lse(token, head) = l == 0 ? kNegInf : row_max[r] + std::log(l);
   }
 }
 

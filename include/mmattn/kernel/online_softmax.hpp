@@ -16,6 +16,32 @@ using ConstStridedRowMap = Eigen::Map<const RowMatrix, Eigen::Unaligned, Eigen::
 
 inline constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// One row's step of the online softmax. s: the row's scores of a key block (scaled; in a masked
+// block, masked keys -inf), overwritten with its probabilities against the new running max;
+// row_max and row_sum are updated; returns alpha, the factor the caller rescales the row's
+// accumulator by (P V stays with the caller). In a masked block a masked key gets exactly 0:
+// Eigen's vectorised exp(-inf) is ~3e-39, not 0, and a tiny weight times a huge value would leak
+// into the row. A NaN score the row does see reaches row_sum, so the row's output and log-sum-exp
+// become NaN instead of the key being dropped.
+template <class Row>
+float online_softmax_step(Row&& s, float& row_max, float& row_sum, bool masked) {
+  const float m_new = std::max(row_max, s.maxCoeff());
+  if (m_new == kNegInf) {  // nothing allowed yet: -inf minus -inf would be NaN
+    if (s.isNaN().any()) row_sum = std::numeric_limits<float>::quiet_NaN();  // a NaN among no finite score
+    s.setZero();
+    return 1.0f;
+  }
+  if (masked) {
+    s = (s != kNegInf).select((s - m_new).exp(), 0.0f);  // NaN != -inf: a visible NaN stays NaN
+  } else {
+    s = (s - m_new).exp();
+  }
+  const float alpha = std::exp(row_max - m_new);  // 0 on the first allowed block
+  row_sum = row_sum * alpha + s.sum();
+  row_max = m_new;
+  return alpha;
+}
+
 class OnlineSoftmax {
  public:
   // Buffers belong to the caller's workspace: acc (rows, dim), row_max and row_sum (rows).
@@ -26,34 +52,25 @@ class OnlineSoftmax {
     sum_.setZero();
   }
 
-  // scores: (rows, keys), scaled, masked entries -inf; overwritten with the probabilities.
-  // values: (keys, dim).
-  template <class Values>
-  void update(RowMap& scores, const Values& values) {
+  // scores: (rows, keys), scaled; `masked`: a partial block whose masked entries are -inf.
+  // Overwritten with the probabilities, and the accumulator rescaled to the new row maxima. The
+  // caller then adds P V to accumulator().
+  void rescale(RowMap& scores, bool masked) {
     for (index_t i = 0; i < scores.rows(); ++i) {
-      auto s = scores.row(i).array();
-      const float m_new = std::max(max_[i], s.maxCoeff());
-      if (m_new == kNegInf) {  // nothing allowed yet: -inf minus -inf would be NaN
-        s.setZero();
-        continue;
-      }
-      s = (s - m_new).exp();  // masked keys become exactly 0
-      const float alpha = std::exp(max_[i] - m_new);  // 0 on the first allowed block
-      sum_[i] = sum_[i] * alpha + s.sum();
+      const float alpha = online_softmax_step(scores.row(i).array(), max_[i], sum_[i], masked);
       if (alpha != 1.0f) acc_.row(i) *= alpha;
-      max_[i] = m_new;
     }
-    acc_.noalias() += scores * values;
   }
+  RowMap& accumulator() { return acc_; }  // (rows, dim), unnormalised
 
   // Writes row i's normalised output through out(i, c) and its log-sum-exp; a row that saw no
-  // allowed key gets zeros and -inf.
+  // allowed key gets zeros and -inf, a row that saw a NaN gets NaN for both.
   template <class WriteRow>
   void finalize(WriteRow&& write_row) const {
     for (index_t i = 0; i < acc_.rows(); ++i) {
       const float l = sum_[i];
-      const float inv = l > 0 ? 1.0f / l : 0.0f;
-      write_row(i, acc_.row(i) * inv, l > 0 ? max_[i] + std::log(l) : kNegInf);
+      const float inv = l == 0 ? 0.0f : 1.0f / l;
+      write_row(i, acc_.row(i) * inv, l == 0 ? kNegInf : max_[i] + std::log(l));
     }
   }
 

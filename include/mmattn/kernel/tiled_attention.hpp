@@ -70,6 +70,18 @@ ConstStridedRowMap key_rows(const View& src, index_t head, const TokenRect& keys
   return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
 }
 
+// acc(i) += P(i, run) V(run) over query i's allowed runs of the block only.
+template <class Values>
+void add_allowed_values(RowMap& acc, const RowMap& p, const Values& v, const TokenRect& queries, const TokenRect& keys,
+                        const PairMask& mask, std::vector<KeyRun>& runs) {
+  for (index_t i = 0; i < p.rows(); ++i) {
+    runs.clear();
+    mask.runs(queries.at(i), keys, runs);
+    for (const KeyRun& r : runs)
+      acc.row(i).noalias() += p.row(i).segment(r.begin, r.end - r.begin) * v.middleRows(r.begin, r.end - r.begin);
+  }
+}
+
 // Runs one query tile of one head over its key blocks [block_begin, block_end) and writes its
 // normalised output rows and log-sum-exp. Q and O rows are positions - plan.query_begin; K and V
 // rows are positions. A sub-range of the blocks gives a partial result that merges exactly with
@@ -92,7 +104,17 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     RowMap scores(ws.scores.data(), rows, keys);                                        // (rows, keys)
     scores.noalias() = q_tile * k_block.transpose();
     if (!block.full) apply_block_mask(scores, tile.queries, block.keys, plan.mask(tile, block), ws.runs);
-    softmax.update(scores, v_block);
+    softmax.rescale(scores, /*masked=*/!block.full);  // scores -> P, masked keys exactly 0
+    // 0 x NaN is NaN: a partial block whose values are not all finite (padding, unwritten cache
+    // slots) adds only each row's allowed runs, so a row never reads a value it may not see. The
+    // sum is one vectorised pass (allFinite() is two and cost the structured forward ~10%); it
+    // is conservative: values whose sum overflows take the exact slow path too.
+    if (block.full || std::isfinite(v_block.sum())) {
+      softmax.accumulator().noalias() += scores * v_block;
+    } else {
+      add_allowed_values(softmax.accumulator(), scores, v_block, tile.queries, block.keys, plan.mask(tile, block),
+                         ws.runs);
+    }
   }
 
   softmax.finalize([&](index_t i, const auto& o_row, float row_lse) {
