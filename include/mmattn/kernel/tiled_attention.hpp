@@ -70,16 +70,23 @@ ConstStridedRowMap key_rows(const View& src, index_t head, const TokenRect& keys
   return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
 }
 
-// acc(i) += P(i, run) V(run) over query i's allowed runs of the block only.
-template <class Values>
-void add_allowed_values(RowMap& acc, const RowMap& p, const Values& v, const TokenRect& queries, const TokenRect& keys,
-                        const PairMask& mask, std::vector<KeyRun>& runs) {
-  for (index_t i = 0; i < p.rows(); ++i) {
-    runs.clear();
-    mask.runs(queries.at(i), keys, runs);
-    for (const KeyRun& r : runs)
-      acc.row(i).noalias() += p.row(i).segment(r.begin, r.end - r.begin) * v.middleRows(r.begin, r.end - r.begin);
-  }
+// acc += P V for a partial block whose values are not all finite. The non-finite rows are zeroed
+// in a copy (`clean`, (keys, dim)), so the product is, bit for bit, that of an input whose masked
+// rows are finite: P is exactly 0 there. Then each such row is added alone to the queries that
+// may see it, which makes those rows non-finite, as they must be.
+inline void add_values_guarded(RowMap& acc, const RowMap& p, const ConstStridedRowMap& v, const TokenRect& queries,
+                               const TokenRect& keys, const PairMask& mask, float* clean) {
+  RowMap c(clean, v.rows(), v.cols());
+  if (v.data() != clean) c = v;  // mapped in place: copy; gathered: already the buffer
+  std::vector<index_t> bad;
+  for (index_t j = 0; j < c.rows(); ++j)
+    if (!std::isfinite(c.row(j).sum())) bad.push_back(j);
+  RowMatrix bad_rows(static_cast<index_t>(bad.size()), c.cols());  // (bad, dim): c may be v itself
+  for (size_t b = 0; b < bad.size(); ++b) bad_rows.row(static_cast<index_t>(b)) = c.row(bad[b]), c.row(bad[b]).setZero();
+  acc.noalias() += p * c;
+  for (size_t b = 0; b < bad.size(); ++b)
+    for (index_t i = 0; i < p.rows(); ++i)
+      if (mask.allowed(queries.at(i), keys.at(bad[b]))) acc.row(i) += p(i, bad[b]) * bad_rows.row(static_cast<index_t>(b));
 }
 
 // Runs one query tile of one head over its key blocks [block_begin, block_end) and writes its
@@ -106,14 +113,14 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     if (!block.full) apply_block_mask(scores, tile.queries, block.keys, plan.mask(tile, block), ws.runs);
     softmax.rescale(scores, /*masked=*/!block.full);  // scores -> P, masked keys exactly 0
     // 0 x NaN is NaN: a partial block whose values are not all finite (padding, unwritten cache
-    // slots) adds only each row's allowed runs, so a row never reads a value it may not see. The
-    // sum is one vectorised pass (allFinite() is two and cost the structured forward ~10%); it
-    // is conservative: values whose sum overflows take the exact slow path too.
+    // slots) takes the guarded product, so a row never reads a value it may not see. The sum is
+    // one vectorised pass (allFinite() is two and cost the structured forward ~10%); it is
+    // conservative: finite values whose sum overflows take the guarded path too, same result.
     if (block.full || std::isfinite(v_block.sum())) {
       softmax.accumulator().noalias() += scores * v_block;
     } else {
-      add_allowed_values(softmax.accumulator(), scores, v_block, tile.queries, block.keys, plan.mask(tile, block),
-                         ws.runs);
+      add_values_guarded(softmax.accumulator(), scores, v_block, tile.queries, block.keys, plan.mask(tile, block),
+                         ws.v.data());
     }
   }
 
