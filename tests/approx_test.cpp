@@ -263,6 +263,34 @@ TEST(PooledCross, MatchesItsDefinitionAndPoolOneIsExact) {
   std::printf("%d cases; worst O relative error %.3g\n", kCases, worst);
 }
 
+// A per-segment override that lets text see an image is pooled, not also computed exactly: pool 1
+// equals exact attention under the policy with the override.
+TEST(PooledCross, TextImageOverridesAreNotCountedTwice) {
+  const SequenceLayout layout = awkward_layout();  // text 5 before image 5x7 (segment 1)
+  const AttentionConfig cfg = make_config(2, 1, 16);
+  RegionPolicy policy = RegionPolicy::structured(Window2D::sliding(3, 3));
+  policy.set_segments(0, 1, Rule::full());  // causal by the table: none; the override: all of it
+  const Buffers b = make_qkv(cfg, layout.size(), layout.size(), 11);
+  const PooledCrossAttention<float> att(cfg, layout, policy, PooledCrossOptions{1, true});
+  Tensor out(layout.size(), 2, 16);
+  Lse lse(layout.size(), 2);
+  att.forward(b.q.cview(), b.k.cview(), b.v.cview(), out.view, lse.view);
+  const Result exact = run_reference(cfg, b, MaskPredicate{&layout, &policy});
+  EXPECT_LE(max_relative_error(out, exact.out), 1e-5);
+  EXPECT_LE(max_lse_error(lse, exact.lse), 1e-5);
+}
+
+// Top-k ranks whole images: a rule that lets a text tile see part of an image is refused, even
+// when the planner's blocks over that part are full.
+TEST(SparseCross, RefusesRulesThatSeePartOfAnImage) {
+  SequenceLayout layout;
+  layout.add_image(4, 32).add_text(64);  // a 96-position chunk holds text and the image's last row
+  const std::string m = error_message([&] {
+    SparseCrossAttention<float>(make_config(2, 1, 16), layout, RegionPolicy::llama4_chunked(96));
+  });
+  EXPECT_TRUE(contains(m, "lets a text tile see part of an image")) << m;
+}
+
 // Image rows come from the same blocks as the exact plan's: equal bit for bit. And the pooled K/V
 // buffer holds only the pooled image tokens.
 TEST(PooledCross, ImageRowsAreExactBitForBit) {

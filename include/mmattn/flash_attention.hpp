@@ -43,7 +43,8 @@ inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOp
     if (key_tokens > 0) {
       const PairMask mask = plan.policy->pair(plan.layout, 0, 0);
       mask.bind(queries, sets);
-      detail::add_span_blocks(sets, mask, 0, 0, key_tokens, std::move(cuts), tiles.key, plan.blocks);
+      const index_t end = options.causal ? std::min(key_tokens, queries.last() + 1) : key_tokens;  // none above the diagonal
+      detail::add_span_blocks(sets, mask, 0, 0, end, std::move(cuts), tiles.key, plan.blocks);
     }
     tile.block_end = static_cast<index_t>(plan.blocks.size());
     plan.query_tiles.push_back(tile);

@@ -56,6 +56,7 @@ struct Plan {
   }
   // The mask of a partial block: its tile's segment against its key segment.
   PairMask mask(const QueryTile& tile, const KeyBlock& block) const {
+    MMATTN_REQUIRE(policy, "plan: a partial block in a plan without rules (hand-built plans hold full blocks only)");
     return policy->pair(layout, tile.segment, block.key_segment);
   }
 

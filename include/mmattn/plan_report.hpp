@@ -2,7 +2,8 @@
 // What a plan looks like to a person choosing a strategy: a plain-text report of the token
 // structure (segments, regions, per region-pair rule, allowed and computed pairs, FLOPs, tiles,
 // workspace) and an SVG block map. Pair counts come from plan_stats(), the rest from the plan and
-// the layout as they are; nothing here plans or evaluates the mask.
+// the layout as they are; nothing here plans, and the map's allowed pairs are the plan's rules'
+// runs of sampled queries (pair_mask.hpp).
 
 #include <algorithm>
 #include <array>

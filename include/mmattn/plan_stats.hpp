@@ -1,5 +1,6 @@
 #pragma once
-// What a plan costs and how well it fits its mask: allowed pairs (exact, by arithmetic),
+// What a plan costs and how well it fits its mask: allowed pairs (exact, by arithmetic; a custom
+// predicate is counted pair by pair),
 // computed pairs (at block granularity), per region pair, and the FLOPs and workspace that follow.
 
 #include <algorithm>

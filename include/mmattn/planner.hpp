@@ -1,8 +1,8 @@
 #pragma once
 // The mask planner: from a layout, a policy and tile sizes, the list of (query tile, key block)
 // pairs worth computing, each classified full or partial from region arithmetic (segment bounds,
-// a window's per-axis extent, the causal diagonal). No N x N mask is ever built, and the
-// predicate is never evaluated per pair.
+// a window's per-axis extent, the causal diagonal). No N x N mask is ever built, and a built-in
+// rule is never evaluated per pair (a custom predicate is: its blocks are classified pair by pair).
 
 #include <algorithm>
 #include <cmath>

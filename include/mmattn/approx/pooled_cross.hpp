@@ -188,6 +188,9 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
     require_whole_sequence(options);
     exact_policy_ = policy_;
     exact_policy_.set(Region::across(SegmentKind::text, SegmentKind::image), Rule::none());
+    for (index_t t = 0; t < layout_.num_segments(); ++t)  // overrides win over the table: switch them off too
+      for (index_t i = 0; i < layout_.num_segments(); ++i)
+        if (layout_.segment(t).is_text() && layout_.segment(i).is_image()) exact_policy_.set_segments(t, i, Rule::none());
     exact_plan_ = make_plan(layout_, exact_policy_, options);
     const PoolShape shape{options_.pool, options_.pool};
     pooled_ = pooled_image_layout(layout_, shape);

@@ -264,9 +264,11 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
       for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
         const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
         if (!layout_.segment(block.key_segment).is_image()) continue;
-        MMATTN_REQUIRE(block.full, "sparse cross: the text->image rule (" +
-                                       plan_.mask(tile, block).rule().name() +
-                                       ") lets a text tile see part of an image; top-k needs all of an image or none");
+        const Segment& img = layout_.segment(block.key_segment);
+        const PairMask mask = plan_.mask(tile, block);
+        MMATTN_REQUIRE(mask.classify(tile.queries, TokenRect::span(img.start, img.length)) == BlockCoverage::full,
+                       "sparse cross: the text->image rule (" + mask.rule().name() +
+                           ") lets a text tile see part of an image; top-k needs all of an image or none");
         const index_t image = image_of_segment[static_cast<size_t>(layout_.segment_index(block.keys.first()))];
         if (std::find(seen.begin(), seen.end(), image) == seen.end()) seen.push_back(image);
       }

@@ -3,7 +3,8 @@
 // positions. The planner then classifies each candidate block by evaluating the predicate on all
 // its pairs, O(queries x keys) at plan time only (bench/planner measures it), unless the user also
 // gives `classify`, a block classification of their own; the kernel masks partial blocks with the
-// predicate, per element.
+// predicate, per element. The predicate is called from the executor's worker threads
+// concurrently: it must be safe to call so.
 
 #include <functional>
 #include <memory>

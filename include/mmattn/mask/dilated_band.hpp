@@ -27,7 +27,11 @@ struct DilatedBandRule {
     KeySet s = KeySet::all(key);
     // Steps of d from q, saturated so that left * d and right * d never overflow.
     index_t first = q - dilation * std::min(left, q / dilation);
-    if (first < key.start) first += (key.start - first + dilation - 1) / dilation * dilation;  // keep q's residue
+    if (first < key.start) {  // the first position >= key.start on q's residue, without overflow
+      const index_t steps = (key.start - first - 1) / dilation + 1;
+      if (steps > (key.end() - 1 - first) / dilation) return s.col = {0, 0, 1}, s;
+      first += steps * dilation;
+    }
     const index_t steps_right = q < key.end() ? std::min(right, (key.end() - 1 - q) / dilation) : -1;
     const index_t last = q + dilation * steps_right;  // < q when the band ends before q
     if (first > last || first >= key.end()) {

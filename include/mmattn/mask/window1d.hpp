@@ -36,7 +36,8 @@ struct AxisWindow {
   // The smallest key >= lo, or a value >= end when there is none.
   index_t first_at_or_after(index_t lo) const {
     if (lo <= start) return start;
-    return start + (lo - start + step - 1) / step * step;
+    if (lo >= end) return end;
+    return start + ((lo - start - 1) / step + 1) * step;  // lo - start < end - start: no overflow
   }
 };
 
