@@ -146,36 +146,34 @@ class PlanBuilder {
  private:
   void add_blocks(const PairMask& mask, index_t ks, const KeyExtent& e) {
     const Segment& key = mask.key();
-    const bool sinks = e.sink_max > key.start;
-    if (!e.any && !sinks) return;
+    // Sinks are a prefix of the segment: their own run; the windows' box starts after them.
+    const index_t sink_end = std::min(std::max(e.sink_max, key.start), key_limit_);
+    if (sink_end > key.start) add_span_blocks(sets_, mask, ks, key.start, sink_end, {}, plan_.tiles.key, plan_.blocks);
+    if (!e.any) return;
     // The box's positions, clipped by the position bounds.
-    const index_t box_first = e.any ? std::max(e.lo_min, key.position(e.f0, e.r0, e.c0)) : key.start;
-    const index_t box_end =
-        std::min(key_limit_, e.any ? std::min(e.hi_max, key.position(e.f1 - 1, e.r1 - 1, e.c1 - 1) + 1) : key.start);
+    const index_t box_first = std::max({e.lo_min, key.position(e.f0, e.r0, e.c0), sink_end});
+    const index_t box_end = std::min(key_limit_, std::min(e.hi_max, key.position(e.f1 - 1, e.r1 - 1, e.c1 - 1) + 1));
+    if (box_first >= box_end) return;
     const bool whole_rows = e.c0 == 0 && e.c1 == key.cols;
-    const bool contiguous = whole_rows && (e.f1 - e.f0 == 1 || (e.r0 == 0 && e.r1 == key.rows));
-    if (contiguous || sinks || !e.any) {
-      // One run of positions; sinks are a prefix of the segment, so they join it.
-      const index_t begin = sinks ? key.start : box_first, end = std::min(std::max(box_end, e.sink_max), key_limit_);
+    if (whole_rows && (e.f1 - e.f0 == 1 || (e.r0 == 0 && e.r1 == key.rows))) {  // one run of positions
       std::vector<index_t> cuts;
       if (e.lo_min < e.lo_max) cuts.push_back(e.lo_max);
       if (e.hi_min < e.hi_max) cuts.push_back(e.hi_min - 1);
-      if (sinks) cuts.push_back(e.sink_max);
-      add_span_blocks(sets_, mask, ks, begin, end, std::move(cuts), plan_.tiles.key, plan_.blocks);
+      add_span_blocks(sets_, mask, ks, box_first, box_end, std::move(cuts), plan_.tiles.key, plan_.blocks);
       return;
     }
-    if (box_first >= box_end) return;
     // A window: per frame, the rows x cols box cut into rects of at most tiles.key keys.
     const GridCoord first = key.coord(box_first), last = key.coord(box_end - 1);
     for (index_t f = std::max(e.f0, first.frame); f < std::min(e.f1, last.frame + 1); ++f) {
       const index_t r_lo = f == first.frame ? std::max(e.r0, first.row) : e.r0;
       const index_t r_hi = f == last.frame ? std::min(e.r1, last.row + 1) : e.r1;
-      add_rect_blocks(mask, ks, f, r_lo, r_hi, e.c0, e.c1);
+      add_rect_blocks(mask, ks, f, r_lo, r_hi, e.c0, e.c1, sink_end);
     }
   }
 
+  // Rects of the box rows [r_lo, r_hi) x cols [c_lo, c_hi) of one frame, keys in [lo, key_limit).
   void add_rect_blocks(const PairMask& mask, index_t ks, index_t frame, index_t r_lo, index_t r_hi, index_t c_lo,
-                       index_t c_hi) {
+                       index_t c_hi, index_t lo) {
     const Segment& key = mask.key();
     const index_t u_rows = r_hi - r_lo, u_cols = c_hi - c_lo, cap = plan_.tiles.key;
     if (u_rows <= 0 || u_cols <= 0) return;
@@ -189,7 +187,7 @@ class PlanBuilder {
       for (index_t c0 = c_lo; c0 < c_hi; c0 += cols_even) {
         const index_t r1 = std::min(r0 + rows_even, r_hi), c1 = std::min(c0 + cols_even, c_hi);
         pieces_.clear();
-        clip_rect({key.position(frame, r0, c0), key.cols, r1 - r0, c1 - c0}, 0, key_limit_, pieces_);
+        clip_rect({key.position(frame, r0, c0), key.cols, r1 - r0, c1 - c0}, lo, key_limit_, pieces_);
         for (const TokenRect& keys : pieces_) {
           const BlockCoverage c = mask.classify(sets_, keys);
           if (c != BlockCoverage::empty) plan_.blocks.push_back({keys, c == BlockCoverage::full, ks});

@@ -56,23 +56,27 @@ class PairMask {
   struct TileSets {
     TokenRect queries;
     std::vector<KeySet> sets;
-    // Every set is a position interval [lo, hi) (whole-axis windows, no sinks): then a block is
-    // full iff lo_max <= its first key and hi_min > its last, in O(1).
+    // Every set's windows cover the whole grid, so past the sinks each set is the position
+    // interval [lo, hi): then a block after sink_max is full iff lo_max <= its first key and
+    // hi_min > its last, and empty iff it ends before lo_min or starts at or after hi_max, in O(1).
     bool intervals = true;
-    index_t lo_max = 0, hi_min = 0;
+    index_t lo_min = 0, lo_max = 0, hi_min = 0, hi_max = 0, sink_max = 0;
   };
   void bind(const TokenRect& queries, TileSets& t) const {
     t.queries = queries;
     t.sets.clear();
     t.intervals = !rule_->custom();
-    t.lo_max = key_->start, t.hi_min = key_->end();
+    t.lo_min = key_->end(), t.lo_max = key_->start, t.hi_min = key_->end(), t.hi_max = key_->start;
+    t.sink_max = key_->start;
     if (rule_->custom()) return;
     for (index_t i = 0; i < queries.size(); ++i) {
       const KeySet s = keys(queries.at(i));
       t.sets.push_back(s);
-      t.intervals = t.intervals && s.sink_end <= key_->start && s.frame.count() == key_->frames &&
-                    s.row.count() == key_->rows && s.col.count() == key_->cols;
-      t.lo_max = std::max(t.lo_max, s.lo), t.hi_min = std::min(t.hi_min, s.hi);
+      t.intervals = t.intervals && s.frame.count() == key_->frames && s.row.count() == key_->rows &&
+                    s.col.count() == key_->cols;
+      t.lo_min = std::min(t.lo_min, s.lo), t.lo_max = std::max(t.lo_max, s.lo);
+      t.hi_min = std::min(t.hi_min, s.hi), t.hi_max = std::max(t.hi_max, s.hi);
+      t.sink_max = std::max(t.sink_max, s.sink_end);
     }
   }
 
@@ -87,7 +91,10 @@ class PairMask {
       if (c->classify && keys.first() >= sinks_) return c->classify(t.queries, keys);
       return classify_pairwise(t.queries, keys);
     }
-    if (t.intervals && t.lo_max <= keys.first() && t.hi_min > keys.last()) return BlockCoverage::full;
+    if (t.intervals && keys.first() >= t.sink_max) {
+      if (t.lo_max <= keys.first() && t.hi_min > keys.last()) return BlockCoverage::full;
+      if (keys.last() < t.lo_min || keys.first() >= t.hi_max) return BlockCoverage::empty;
+    }
     bool all = true, any = false;
     for (size_t i = 0; i < t.sets.size() && (all || !any); ++i) {
       const index_t n = count_in_rect(t.sets[i], keys);
