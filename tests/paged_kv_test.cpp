@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -143,6 +145,16 @@ TEST(PagedKV, RejectsMoreTokensThanTheTableHolds) {
   PagedCall c;
   c.vv.table_blocks = 3;
   expect_rejected(c, "v: 20 tokens need 4 blocks of 6 but the block table holds 3");
+}
+
+// Tokens near the index maximum: the blocks they need are counted without overflow, so the
+// short table is refused instead of read past.
+TEST(PagedKV, TokensNearTheIndexMaximumAreCountedWithoutOverflow) {
+  PagedCall c;
+  c.kv.tokens = std::numeric_limits<index_t>::max() - 2;
+  const std::string m = error_message([&] { validate_view("k", c.kv, false); });
+  EXPECT_TRUE(contains(m, "k: " + std::to_string(c.kv.tokens) + " tokens need")) << m;
+  EXPECT_TRUE(contains(m, "but the block table holds")) << m;
 }
 
 TEST(PagedKV, RejectsNonPositiveBlockSize) {

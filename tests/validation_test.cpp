@@ -9,6 +9,7 @@
 #include <string>
 
 #include "mmattn/flash_attention.hpp"
+#include "mmattn/merge.hpp"
 #include "mmattn/reference.hpp"
 #include "test_util.hpp"
 
@@ -327,6 +328,53 @@ TEST(Validation, ViewMatrixHeadsMustDivideColumns) {
   EXPECT_EQ(v.tokens, 3);
   EXPECT_EQ(v.heads, 5);
   EXPECT_EQ(v.head_dim, 2);
+}
+
+// Outputs must not share memory with inputs or each other: out over q shifted by one element, out
+// over k, lse inside out and lse over q are refused before anything is written.
+TEST(Validation, OutputsOverlappingInputsAreRefused) {
+  {
+    Call c;
+    Tensor shared(6, 4, 16);  // q and out in one buffer, out one element later
+    fill_value(shared.view, 0.5f);
+    c.q = TensorView<const float>{shared.view.data, 5, 4, 16, 64, 16, 1};
+    c.o = TensorView<float>{shared.view.data + 1, 5, 4, 16, 64, 16, 1};
+    expect_rejected(c, "out: overlaps q in memory");
+  }
+  {
+    Call c;
+    Tensor kv(7, 4, 16);  // out laid over k's storage
+    fill_value(kv.view, 0.5f);
+    c.k = TensorView<const float>{kv.view.data, 7, 2, 16, 32, 16, 1};
+    c.o = TensorView<float>{kv.view.data + 8, 5, 4, 16, 64, 16, 1};
+    expect_rejected(c, "out: overlaps k in memory", /*reference_too=*/false);
+  }
+  {
+    Call c;
+    c.l = LseView{c.out.view.data, 5, 4, 4, 1};  // the lse inside out
+    expect_rejected(c, "out: overlaps lse in memory");
+  }
+  {
+    Call c;
+    std::vector<float> q_and_lse(static_cast<size_t>(5 * 4 * 16), 0.5f);
+    c.q = TensorView<const float>{q_and_lse.data(), 5, 4, 16, 64, 16, 1};
+    c.l = LseView{q_and_lse.data() + 3, 5, 4, 4, 1};
+    expect_rejected(c, "lse: overlaps q in memory");
+  }
+}
+
+// tokens x heads x head_dim that wraps to 0 is not an empty view: null data is refused.
+TEST(Validation, NullDataWithAWrappingSizeIsRefused) {
+  Call c;
+  c.k = TensorView<const float>{nullptr, std::int64_t{1} << 62, 2, 16, 0, 0, 0};
+  const std::string m = error_message([&] { c.flash(); });
+  EXPECT_TRUE(contains(m, "k: null data")) << m;
+}
+
+TEST(Validation, MergeRefusesANullPartList) {
+  Tensor out(2, 1, 4);
+  const std::string m = error_message([&] { merge(static_cast<const PartialAttention<float>*>(nullptr), 2, out.view); });
+  EXPECT_TRUE(contains(m, "merge: parts is null")) << m;
 }
 
 // An output stride near the index maximum must be rejected cleanly, never overflow a product.

@@ -79,6 +79,14 @@ void validate_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, con
   expect("v", v, k.tokens, cfg.num_kv_heads);
   expect("out", out, q.tokens, cfg.num_heads);
   validate_lse(lse, q.tokens, cfg.num_heads);
+  const MemoryRange o = memory_range(out), l = memory_range(lse);
+  const std::pair<const char*, MemoryRange> inputs[] = {{"q", memory_range(q)}, {"k", memory_range(k)},
+                                                       {"v", memory_range(v)}, {"lse", l}};
+  for (const auto& [name, range] : inputs)
+    MMATTN_REQUIRE(!o.overlaps(range), std::string("out: overlaps ") + name +
+                                           " in memory (outputs are written while inputs are read)");
+  for (int i = 0; i < 3; ++i)
+    MMATTN_REQUIRE(!l.overlaps(inputs[i].second), std::string("lse: overlaps ") + inputs[i].first + " in memory");
 }
 
 }  // namespace mmattn

@@ -62,6 +62,7 @@ void merge(const PartialAttention<TP>* parts, index_t count, const TensorView<TO
   static_assert(is_element_type_v<TP> && is_element_type_v<TO>,
                 "mmattn: merge elements must be float, Eigen::bfloat16 or Eigen::half");
   MMATTN_REQUIRE(count >= 1, "merge: needs at least one part, got " + std::to_string(count));
+  MMATTN_REQUIRE(parts != nullptr, "merge: parts is null");
   validate_view("out", out, true);
   validate_lse(lse, out.tokens, out.heads);
   for (index_t i = 0; i < count; ++i) {

@@ -56,7 +56,7 @@ void validate_view(const char* name, const PagedKVView<T>& v, bool is_output) {
   if (v.tokens == 0 || v.heads == 0 || v.head_dim == 0) return;
   MMATTN_REQUIRE(v.pool != nullptr, n + ": null pool");
   MMATTN_REQUIRE(v.block_table != nullptr, n + ": null block table");
-  const index_t used = (v.tokens + v.block_size - 1) / v.block_size;
+  const index_t used = (v.tokens - 1) / v.block_size + 1;  // tokens > 0; no overflow near INT64_MAX
   MMATTN_REQUIRE(used <= v.table_blocks, n + ": " + std::to_string(v.tokens) + " tokens need " + std::to_string(used) +
                                              " blocks of " + std::to_string(v.block_size) +
                                              " but the block table holds " + std::to_string(v.table_blocks));
@@ -74,6 +74,15 @@ void validate_view(const char* name, const PagedKVView<T>& v, bool is_output) {
   MMATTN_REQUIRE(!__builtin_mul_overflow(v.num_blocks - 1, v.block_stride, &last) &&
                      !__builtin_add_overflow(last, in_block, &last),
                  n + ": strides overflow the index type");
+}
+
+// The bytes the pool spans (validated views only): what validate_attention keeps outputs out of.
+template <class T>
+MemoryRange memory_range(const PagedKVView<T>& v) {
+  if (v.tokens == 0 || v.heads == 0 || v.head_dim == 0 || v.num_blocks == 0) return {};
+  const index_t last = (v.num_blocks - 1) * v.block_stride + (v.block_size - 1) * v.token_stride +
+                       (v.heads - 1) * v.head_stride + (v.head_dim - 1) * v.dim_stride;
+  return MemoryRange::of(v.pool, last);
 }
 
 }  // namespace mmattn

@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -119,11 +120,37 @@ inline void require_no_overlap(const char* name, std::array<index_t, 3> extents,
 template <class T>
 void validate_view(const char* name, const TensorView<T>& v, bool is_output) {
   MMATTN_REQUIRE(v.tokens >= 0 && v.heads >= 0 && v.head_dim >= 0, std::string(name) + ": negative shape");
-  MMATTN_REQUIRE(v.data != nullptr || v.size() == 0, std::string(name) + ": null data");
+  // Not size() == 0: tokens x heads x head_dim can wrap to 0.
+  MMATTN_REQUIRE(v.data != nullptr || v.tokens == 0 || v.heads == 0 || v.head_dim == 0,
+                 std::string(name) + ": null data");
   const std::array<index_t, 3> extents{v.tokens, v.heads, v.head_dim};
   const std::array<index_t, 3> strides{v.token_stride, v.head_stride, v.dim_stride};
   detail::checked_extent(name, extents, strides);
   if (is_output) detail::require_no_overlap(name, extents, strides);
+}
+
+// The bytes a view spans, [begin, end) (empty for an empty view): outputs must not share any
+// with an input or another output, since outputs are written while inputs are still read.
+struct MemoryRange {
+  std::uintptr_t begin = 0, end = 0;
+
+  template <class T>
+  static MemoryRange of(T* data, index_t last_offset) {
+    const auto b = reinterpret_cast<std::uintptr_t>(data);
+    return {b, b + static_cast<std::uintptr_t>(last_offset + 1) * sizeof(T)};
+  }
+  bool overlaps(const MemoryRange& o) const { return begin < end && o.begin < o.end && begin < o.end && o.begin < end; }
+};
+
+template <class T>
+MemoryRange memory_range(const TensorView<T>& v) {  // a validated view
+  if (v.tokens == 0 || v.heads == 0 || v.head_dim == 0) return {};
+  return MemoryRange::of(v.data, (v.tokens - 1) * v.token_stride + (v.heads - 1) * v.head_stride +
+                                     (v.head_dim - 1) * v.dim_stride);
+}
+inline MemoryRange memory_range(const LseView& v) {
+  if (!v || v.tokens == 0 || v.heads == 0) return {};
+  return MemoryRange::of(v.data, (v.tokens - 1) * v.token_stride + (v.heads - 1) * v.head_stride);
 }
 
 inline void validate_lse(const LseView& lse, index_t tokens, index_t heads) {

@@ -277,13 +277,17 @@ bool row_finite(const T* row, index_t dim, index_t stride) {
   return true;
 }
 
-// acc += P V for one key block, kSubKeys keys at a time per KV head. In a partial block, a row no
-// query of its group weighs is never read: a zero row stands in (masked keys may hold anything,
-// even NaN). A row some queries weigh and others do not is checked: if it is not finite, 0 x it
-// would be NaN in the rows that must not see it, so only the rows that weigh it add it, alone.
+// acc += P V for one key block, kSubKeys keys at a time per KV head. In a partial block (mask: the
+// block's (m, keys) bias, 0 allowed and -inf masked; null for a full block) a row no query of its
+// group may see is never read: a zero row stands in (masked keys may hold anything, even NaN). A
+// row some queries may see and others not is checked: if it is not finite, 0 x it would be NaN in
+// the rows that must not see it, so only the rows that may see it add it, alone (a visible NaN
+// then reaches them even where its weight underflowed to 0).
 template <bool kInPlace, class VView>
-void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_heads, index_t group_rows,
+void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, index_t kv_heads, index_t group_rows,
                   index_t dim, bool prefetch, DecodeWorkspace& ws, const StridedRowMap& p) {
+  const bool full = mask == nullptr;
+  auto may_see = [&](index_t r, index_t j) { return full || (*mask)(r % mask->rows(), j) != kNegInf; };
   using T = view_element_t<VView>;
   using E = std::conditional_t<kInPlace, T, float>;  // what the axpys read
   const index_t n = keys.size(), hs = v.head_stride;
@@ -312,10 +316,10 @@ void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_h
       for (index_t j = 0; j < sn; ++j) {
         bool weighed = full;  // every key of a full block is allowed, so its row holds real data
         if (!full) {
-          index_t weighing = 0;
-          for (index_t r = r0; r < r0 + group_rows; ++r) weighing += p(r, j0 + j) != 0.0f;
-          weighed = weighing > 0;
-          if (weighed && weighing < group_rows && !row_finite(now[j] + kh * hs, dim, v.dim_stride)) {
+          index_t seeing = 0;
+          for (index_t r = r0; r < r0 + group_rows; ++r) seeing += may_see(r, j0 + j);
+          weighed = seeing > 0;
+          if (weighed && seeing < group_rows && !row_finite(now[j] + kh * hs, dim, v.dim_stride)) {
             alone[n_alone++] = j;
             weighed = false;
           }
@@ -338,8 +342,8 @@ void block_values(const VView& v, const TokenRect& keys, bool full, index_t kv_h
         const index_t j = alone[a];
         convert_row(now[j] + kh * hs, dim, v.dim_stride, 1.0f, widened);
         for (index_t r = r0; r < r0 + group_rows; ++r) {
+          if (!may_see(r, j0 + j)) continue;
           const float w = p(r, j0 + j);
-          if (w == 0.0f) continue;
           float* acc = ws.acc.data() + r * dim;
           for (index_t d = 0; d < dim; ++d) acc[d] += w * widened[d];
         }
@@ -383,8 +387,8 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
     }
     if (!k_in_place) block_scores</*kInPlace=*/false>(k, keys, kv_heads, group_rows, dim, prefetch, ws, scores);
 
-    if (!block.full) {  // one mask for all heads: it depends on positions only
-      RowMap bias(ws.bias.data(), m, n);  // (m, n)
+    RowMap bias(ws.bias.data(), m, n);  // (m, n): one mask for all heads, it depends on positions only
+    if (!block.full) {
       bias.setZero();
       apply_block_mask(bias, tile.queries, keys, plan.mask(tile, block), ws.runs);
       for (index_t r = 0; r < rows; ++r)  // select, not add: a masked key's score may be anything
@@ -392,15 +396,16 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
           if (bias(r % m, j) == kNegInf) scores(r, j) = kNegInf;
     }
 
+    const RowMap* mask = block.full ? nullptr : &bias;
     for (index_t r = 0; r < rows; ++r) {  // masked keys get exactly 0, so block_values never reads them
       const float alpha = online_softmax_step(scores.row(r).array(), row_max[r], row_sum[r], !block.full);
       if (alpha != 1.0f) acc.row(r) *= alpha;
     }
 
     if constexpr (gemv::kInPlace<TV>) {
-      if (v_in_place) block_values</*kInPlace=*/true>(v, keys, block.full, kv_heads, group_rows, dim, prefetch, ws, scores);
+      if (v_in_place) block_values</*kInPlace=*/true>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
     }
-    if (!v_in_place) block_values</*kInPlace=*/false>(v, keys, block.full, kv_heads, group_rows, dim, prefetch, ws, scores);
+    if (!v_in_place) block_values</*kInPlace=*/false>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
   }
 
   for (index_t r = 0; r < rows; ++r) {
