@@ -23,32 +23,34 @@ void reference_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, co
   const index_t d = cfg.head_dim;
   std::vector<double> scores(static_cast<size_t>(k.tokens));
   std::vector<double> acc(static_cast<size_t>(d));
+  double* const score = scores.data();  // (keys): a row's scores
+  double* const sum_v = acc.data();     // (d): a row's weighted sum of values
   for (index_t h = 0; h < cfg.num_heads; ++h) {
     const index_t kvh = cfg.kv_head_of(h);
     for (index_t i = 0; i < q.tokens; ++i) {
       double row_max = -std::numeric_limits<double>::infinity();
       for (index_t j = 0; j < k.tokens; ++j) {
         if (!allowed(query_offset + i, j)) {
-          scores[j] = -std::numeric_limits<double>::infinity();
+          score[j] = -std::numeric_limits<double>::infinity();
           continue;
         }
         double dot = 0;
         for (index_t c = 0; c < d; ++c) dot += double(float(q(i, h, c))) * double(float(k(j, kvh, c)));
-        scores[j] = dot * scale;
-        if (!std::isnan(row_max) && !(scores[j] <= row_max)) row_max = scores[j];  // a NaN score sticks
+        score[j] = dot * scale;
+        if (!std::isnan(row_max) && !(score[j] <= row_max)) row_max = score[j];  // a NaN score sticks
       }
       std::fill(acc.begin(), acc.end(), 0.0);
       double sum = 0;
       if (row_max != -std::numeric_limits<double>::infinity()) {
         for (index_t j = 0; j < k.tokens; ++j) {
-          if (scores[j] == -std::numeric_limits<double>::infinity()) continue;
-          const double p = std::exp(scores[j] - row_max);
+          if (score[j] == -std::numeric_limits<double>::infinity()) continue;
+          const double p = std::exp(score[j] - row_max);
           sum += p;
-          for (index_t c = 0; c < d; ++c) acc[c] += p * double(float(v(j, kvh, c)));
+          for (index_t c = 0; c < d; ++c) sum_v[c] += p * double(float(v(j, kvh, c)));
         }
       }
       // A row that saw no key: zeros and -inf; a row that saw a NaN: NaN (sum is NaN, not 0).
-      for (index_t c = 0; c < d; ++c) out(i, h, c) = TO(float(sum == 0 ? 0.0 : acc[c] / sum));
+      for (index_t c = 0; c < d; ++c) out(i, h, c) = TO(float(sum == 0 ? 0.0 : sum_v[c] / sum));
       if (lse) lse(i, h) = float(sum == 0 ? -std::numeric_limits<double>::infinity() : row_max + std::log(sum));
     }
   }

@@ -91,7 +91,7 @@ namespace detail {
 // Largest element offset of a view, or fails if a stride is negative or the offset overflows.
 inline index_t checked_extent(const char* name, std::array<index_t, 3> extents, std::array<index_t, 3> strides) {
   index_t last = 0;
-  for (int i = 0; i < 3; ++i) {
+  for (size_t i = 0; i < 3; ++i) {
     MMATTN_REQUIRE(strides[i] >= 0, std::string(name) + ": negative stride " + std::to_string(strides[i]));
     if (extents[i] == 0) return 0;
     index_t step = 0;
@@ -104,10 +104,10 @@ inline index_t checked_extent(const char* name, std::array<index_t, 3> extents, 
 
 // Outputs are written by several threads: two elements must never share an address.
 inline void require_no_overlap(const char* name, std::array<index_t, 3> extents, std::array<index_t, 3> strides) {
-  std::array<int, 3> order{0, 1, 2};
-  std::sort(order.begin(), order.end(), [&](int a, int b) { return strides[a] < strides[b]; });
+  std::array<size_t, 3> order{0, 1, 2};
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return strides[a] < strides[b]; });
   index_t span = 1;  // elements covered by the faster-varying axes so far
-  for (int i : order) {
+  for (size_t i : order) {
     if (extents[i] <= 1) continue;
     MMATTN_REQUIRE(strides[i] >= span, std::string(name) + ": strides make elements overlap");
     // The last span can exceed the index type even when every offset fits; then no axis follows.

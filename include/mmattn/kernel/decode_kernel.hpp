@@ -95,7 +95,7 @@ template <int kRows, class T>
 inline void dots(const float* q, index_t dim, const T* k, float* s, index_t s_stride) {
   using namespace Eigen::internal;
   constexpr int kSplit = kChains / kRows > 0 ? kChains / kRows : 1;  // accumulators per row
-  Packet acc[kRows][kSplit];
+  Packet acc[static_cast<size_t>(kRows)][static_cast<size_t>(kSplit)];
   for (int i = 0; i < kRows; ++i)
     for (int c = 0; c < kSplit; ++c) acc[i][c] = pset1<Packet>(0.0f);
   index_t d = 0;
@@ -111,7 +111,7 @@ inline void dots(const float* q, index_t dim, const T* k, float* s, index_t s_st
   }
   for (int i = 0; i < kRows; ++i)
     for (int c = 1; c < kSplit; ++c) acc[i][0] = padd(acc[i][0], acc[i][c]);
-  float x[kRows];
+  float x[static_cast<size_t>(kRows)];
 #if defined(EIGEN_VECTORIZE_SSE)
   if constexpr (kRows == 4) {
     // Four horizontal sums at once: each packet halved down to 4 lanes, a 4 x 4 transpose, 3 adds.
@@ -150,11 +150,11 @@ inline void axpy_block(const float* p, index_t p_stride, index_t keys, const T* 
   constexpr int kChunks = std::max(1, std::min(8, kRegisterAccumulators / kRows));
   index_t d = 0;
   for (; d + kChunks * kLanes <= dim; d += kChunks * kLanes) {
-    Packet a[kRows][kChunks];
+    Packet a[static_cast<size_t>(kRows)][static_cast<size_t>(kChunks)];
     for (int i = 0; i < kRows; ++i)
       for (int c = 0; c < kChunks; ++c) a[i][c] = ploadu<Packet>(acc + i * dim + d + c * kLanes);
     for (index_t j = 0; j < keys; ++j) {
-      Packet vp[kChunks];
+      Packet vp[static_cast<size_t>(kChunks)];
       for (int c = 0; c < kChunks; ++c) vp[c] = load(v[j] + d + c * kLanes);
       for (int i = 0; i < kRows; ++i) {
         const Packet w = pset1<Packet>(p[i * p_stride + j]);
@@ -165,7 +165,7 @@ inline void axpy_block(const float* p, index_t p_stride, index_t keys, const T* 
       for (int c = 0; c < kChunks; ++c) pstoreu(acc + i * dim + d + c * kLanes, a[i][c]);
   }
   for (; d + kLanes <= dim; d += kLanes) {
-    Packet a[kRows];
+    Packet a[static_cast<size_t>(kRows)];
     for (int i = 0; i < kRows; ++i) a[i] = ploadu<Packet>(acc + i * dim + d);
     for (index_t j = 0; j < keys; ++j) {
       const Packet vp = load(v[j] + d);
