@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing mmattn needs on Debian 12, only when something is missing:
 # the toolchain, Eigen 3.4, GoogleTest and Google Benchmark. Used by the README's two commands
-# and by .ci/run. Runs apt-get as root, or through sudo when there is one.
+# and by .ci/run. `install-deps.sh fuzz` adds clang and its libFuzzer runtime (the fuzz preset).
+# Runs apt-get as root, or through sudo when there is one.
 set -euo pipefail
 
 pkgs=(cmake g++ make libeigen3-dev libgtest-dev libbenchmark-dev)
+if [[ "${1:-}" == fuzz ]]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
 for pkg in "${pkgs[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || missing+=("$pkg")
