@@ -163,22 +163,9 @@ std::vector<index_t> check_rows(const mmattn::SequenceLayout& layout) {
 double max_relative_error(const bench::Operands& x, const mmattn::AttentionConfig& cfg,
                           const mmattn::SequenceLayout& layout, const mmattn::RegionPolicy& policy,
                           const std::vector<index_t>& rows) {
-  std::vector<float> ref(static_cast<size_t>(x.heads * x.head_dim));
-  const mmattn::MaskPredicate allowed{&layout, &policy};
-  double err = 0, peak = 1e-30;
-  for (index_t r : rows) {
-    mmattn::TensorView<const float> q_row = x.qv();
-    q_row.data = q_row.row(r, 0);
-    q_row.tokens = 1;
-    const auto out_row = mmattn::view_thd(ref.data(), 1, x.heads, x.head_dim);
-    mmattn::reference_attention(cfg, q_row, x.kv(), x.vv(), out_row, {}, allowed, /*query_offset=*/r);
-    const float* got = x.o.data() + static_cast<size_t>(r * x.heads * x.head_dim);
-    for (size_t i = 0; i < ref.size(); ++i) {
-      err = std::max(err, std::abs(double(got[i]) - double(ref[i])));
-      peak = std::max(peak, std::abs(double(ref[i])));
-    }
-  }
-  return err / peak;
+  const auto out = mmattn::view_thd<const float>(x.o.data(), x.tokens, x.heads, x.head_dim);
+  return mmattn::sampled_relative_error(cfg, x.qv(), x.kv(), x.vv(), out, rows,
+                                        mmattn::MaskPredicate{&layout, &policy});  // NaN-aware
 }
 
 // ---- one workload ---------------------------------------------------------------------------------

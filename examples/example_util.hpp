@@ -52,22 +52,7 @@ double check_rows(const mmattn::AttentionConfig& cfg, mmattn::TensorView<const f
                   mmattn::TensorView<const float> k, mmattn::TensorView<const float> v,
                   mmattn::TensorView<float> out, const std::vector<mmattn::index_t>& rows,
                   const Predicate& allowed) {
-  std::vector<float> ref(static_cast<size_t>(cfg.num_heads * cfg.head_dim));
-  double err = 0, scale = 1e-30;
-  for (mmattn::index_t r : rows) {
-    auto q_row = q;
-    q_row.data = q.row(r, 0);
-    q_row.tokens = 1;
-    mmattn::reference_attention(cfg, q_row, k, v, mmattn::view_thd(ref.data(), 1, cfg.num_heads, cfg.head_dim), {},
-                                allowed, r);
-    for (mmattn::index_t h = 0; h < cfg.num_heads; ++h)
-      for (mmattn::index_t d = 0; d < cfg.head_dim; ++d) {
-        const double e = ref[static_cast<size_t>(h * cfg.head_dim + d)];
-        err = std::max(err, std::abs(double(out(r, h, d)) - e));
-        scale = std::max(scale, std::abs(e));
-      }
-  }
-  return err / scale;
+  return mmattn::sampled_relative_error(cfg, q, k, v, out, rows, allowed);  // NaN-aware
 }
 
 }  // namespace example

@@ -375,22 +375,7 @@ inline std::string advisor_report(const SequenceLayout& layout, const AttentionC
 inline double advisor_reference_error(const SequenceLayout& layout, const RegionPolicy& policy,
                                       const AttentionConfig& cfg, const ConstView& q, const ConstView& k,
                                       const ConstView& v, const ConstView& out, const std::vector<index_t>& rows) {
-  std::vector<float> ref(static_cast<size_t>(cfg.num_heads * cfg.head_dim));
-  const MaskPredicate allowed{&layout, &policy};
-  double err = 0, peak = 1e-30;
-  for (const index_t r : rows) {
-    ConstView q_row = q;
-    q_row.data = q.row(r, 0);
-    q_row.tokens = 1;
-    reference_attention(cfg, q_row, k, v, view_thd(ref.data(), 1, cfg.num_heads, cfg.head_dim), {}, allowed, r);
-    for (index_t h = 0; h < cfg.num_heads; ++h)
-      for (index_t d = 0; d < cfg.head_dim; ++d) {
-        const double e = ref[static_cast<size_t>(h * cfg.head_dim + d)];
-        err = std::max(err, std::abs(double(out(r, h, d)) - e));
-        peak = std::max(peak, std::abs(e));
-      }
-  }
-  return err / peak;
+  return sampled_relative_error(cfg, q, k, v, out, rows, MaskPredicate{&layout, &policy});  // NaN-aware
 }
 
 // The rows an exact candidate is checked on: the first image row, the first text row, the last

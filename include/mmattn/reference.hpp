@@ -56,4 +56,31 @@ void reference_attention(const AttentionConfig& cfg, const TensorView<TQ>& q, co
   }
 }
 
+// max |out - ref| / max |ref| over some query rows (Q row r is position query_offset + r), the
+// reference computed for those rows alone: how examples, the advisor and benchmarks check a run.
+// A NaN anywhere compared returns NaN, so a check `err <= tol` fails (std::max would drop it).
+template <class TQ, class TK, class TV, class TO, class Allowed>
+double sampled_relative_error(const AttentionConfig& cfg, const TensorView<TQ>& q, const TensorView<TK>& k,
+                              const TensorView<TV>& v, const TensorView<TO>& out, const std::vector<index_t>& rows,
+                              const Allowed& allowed, index_t query_offset = 0) {
+  std::vector<float> ref(static_cast<size_t>(cfg.num_heads * cfg.head_dim));
+  double err = 0, peak = 1e-30;
+  for (const index_t r : rows) {
+    TensorView<TQ> q_row = q;
+    q_row.data = q.row(r, 0);
+    q_row.tokens = 1;
+    reference_attention(cfg, q_row, k, v, view_thd(ref.data(), 1, cfg.num_heads, cfg.head_dim), {}, allowed,
+                        query_offset + r);
+    for (index_t h = 0; h < cfg.num_heads; ++h)
+      for (index_t d = 0; d < cfg.head_dim; ++d) {
+        const double e = ref[static_cast<size_t>(h * cfg.head_dim + d)];
+        const double diff = std::abs(double(float(out(r, h, d))) - e);
+        if (std::isnan(diff)) return diff;
+        err = std::max(err, diff);
+        peak = std::max(peak, std::abs(e));
+      }
+  }
+  return err / peak;
+}
+
 }  // namespace mmattn
