@@ -240,5 +240,20 @@ TEST(TestUtil, StridedTensorsHoldNaNPaddingAndSameValues) {
   EXPECT_TRUE(restride(base, Storage::dim_strided).view.dim_stride == 2);
 }
 
+// The sampled check examples, the advisor and benchmarks use: ~0 on the reference's own rows, NaN
+// (so any `err <= tol` fails) when a checked row holds a NaN, and blind to rows not sampled.
+TEST(Reference, SampledRelativeErrorCountsNaNAsAFailure) {
+  const AttentionConfig cfg = make_config(2, 1, 8);
+  const Buffers b = make_qkv(cfg, 6, 6, 3);
+  Result r = run_reference(cfg, b, CausalKeys{});
+  const auto out = r.out.cview();
+  EXPECT_LE(sampled_relative_error(cfg, b.q.cview(), b.k.cview(), b.v.cview(), out, {0, 3, 5}, CausalKeys{}), 1e-6);
+  r.out.view(3, 1, 2) = kNaN;
+  EXPECT_TRUE(std::isnan(
+      sampled_relative_error(cfg, b.q.cview(), b.k.cview(), b.v.cview(), r.out.cview(), {0, 3, 5}, CausalKeys{})));
+  EXPECT_LE(sampled_relative_error(cfg, b.q.cview(), b.k.cview(), b.v.cview(), r.out.cview(), {0, 5}, CausalKeys{}),
+            1e-6);
+}
+
 }  // namespace
 }  // namespace mmattn::test
