@@ -2,8 +2,6 @@
 // chunks, then new text tokens decoded one at a time; each new token sees every image and all
 // earlier text (the structured rule). The last step is checked against the reference.
 //
-//   decode_paged [image side = 16] [prompt text = 256] [decode steps = 8] [page tokens = 16]
-//
 // Chunks are cut by safe_chunk_ends, where every key a chunk's queries may see is already in the
 // cache: an image sees its window in both directions, so no cut falls inside an image; text is
 // causal, so a chunk may end anywhere in it (after at most 64 tokens here).
@@ -15,14 +13,16 @@
 
 #include "example_util.hpp"
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace mmattn;
   using bf16 = Eigen::bfloat16;
-  const bool smoke = example::smoke(argc, argv);
-  const index_t side = example::arg(argc, argv, 1, smoke ? 4 : 16);
-  const index_t prompt_text = example::arg(argc, argv, 2, smoke ? 20 : 256);
-  const index_t steps = example::arg(argc, argv, 3, smoke ? 3 : 8);
-  const index_t page = example::arg(argc, argv, 4, 16);
+  const example::Args args = example::parse(
+      argc, argv,
+      "A chat turn over a paged bf16 KV cache: a prompt of two image_side x image_side images and text, prefilled in\n"
+      "chunks, then decode steps of one token each; the last step is checked against the reference.",
+      {{"image_side", 16, 4}, {"prompt_text", 256, 20}, {"decode_steps", 8, 3}, {"page_tokens", 16, 16}});
+  const bool smoke = args.smoke;
+  const index_t side = args.number[0], prompt_text = args.number[1], steps = args.number[2], page = args.number[3];
   const index_t heads = smoke ? 4 : 32, kv_heads = smoke ? 2 : 8, dim = smoke ? 32 : 128, chunk = 64;
   const AttentionConfig cfg{heads, kv_heads, dim, {}};
   const RegionPolicy policy = RegionPolicy::structured(Window2D::sliding(7, 7));
@@ -102,4 +102,6 @@ int main(int argc, char** argv) {
               static_cast<long long>(prompt_text), chunk_ends.size(), chunk_ends.size() == 1 ? "" : "s",
               static_cast<long long>(steps), static_cast<long long>(page), total_ms / double(steps), err / scale);
   return err / scale < 1e-5 ? 0 : 1;
+} catch (const std::exception& e) {
+  return example::CommandLine::error(argv, e);
 }

@@ -1,27 +1,32 @@
 // LLaVA-1.5 prefill: images of 24 x 24 patches (576 tokens) followed by a text prompt, 32 heads of
 // 128. Plans the structured rule once, prints its report, writes its block map, times the forward
 // against the library's dense causal forward, and checks rows against the reference.
-//
-// usage: llava_prefill [images=2] [text_tokens=512] [heads=32] [head_dim=128] [window=7] [--smoke]
 
 #include <cstdio>
 #include <fstream>
+#include <stdexcept>
 
 #include "example_util.hpp"
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace mmattn;
-  const bool smoke = example::smoke(argc, argv);
-  const index_t images = example::arg(argc, argv, 1, 2), text = example::arg(argc, argv, 2, smoke ? 40 : 512);
-  const index_t heads = example::arg(argc, argv, 3, smoke ? 4 : 32), dim = example::arg(argc, argv, 4, smoke ? 32 : 128);
-  const index_t window = example::arg(argc, argv, 5, 7), grid = smoke ? 6 : 24;
+  const example::Args args = example::parse(
+      argc, argv,
+      "LLaVA-1.5 prefill: images of 24 x 24 patches (6 x 6 with --smoke), then text. Prints the structured\n"
+      "rule's plan, writes its block map to llava_prefill_plan.svg, times it against dense causal and checks\n"
+      "rows against the reference. The window is the image's 2-D sliding window (odd).",
+      {{"images", 2, 2}, {"text_tokens", 512, 40}, {"heads", 32, 4}, {"head_dim", 128, 32}, {"window", 7, 7}});
+  const bool smoke = args.smoke;
+  const index_t images = args.number[0], text = args.number[1], heads = args.number[2], dim = args.number[3];
+  const index_t window = args.number[4], grid = smoke ? 6 : 24;
 
   const SequenceLayout layout = SequenceLayout::images_then_text(images, grid, grid, text);
   const AttentionConfig cfg{heads, heads, dim, {}};
   const MultimodalAttention<float> structured(cfg, layout, RegionPolicy::structured(Window2D::sliding(window, window)));
   const MultimodalAttention<float> causal(cfg, layout, RegionPolicy::decoder_causal());
   std::printf("%s\n", structured.report().c_str());
-  std::ofstream("llava_prefill_plan.svg") << structured.svg();
+  if (!(std::ofstream("llava_prefill_plan.svg") << structured.svg()))
+    throw std::runtime_error("cannot write llava_prefill_plan.svg");
   std::printf("block map written to llava_prefill_plan.svg\n\n");
 
   const index_t n = layout.size();
@@ -44,4 +49,6 @@ int main(int argc, char** argv) {
   const double err = example::check_rows(cfg, qv, kv, vv, view_thd(out.data(), n, heads, dim), rows, structured.predicate());
   std::printf("max relative error vs reference on %zu rows: %.2e\n", rows.size(), err);
   return err <= 1e-5 ? 0 : 1;
+} catch (const std::exception& e) {
+  return example::CommandLine::error(argv, e);
 }

@@ -1,11 +1,10 @@
 // The masks of the models the presets stand for, drawn: for each preset a small layout of the
 // model's shape (windows and chunks scaled down with it), its plan's block map with the allowed
 // pairs on top (docs/masks/*.svg in the README), and a forward checked against the reference.
-//
-// usage: mask_gallery [out_dir=.] [--smoke]
 
 #include <cstdio>
 #include <fstream>
+#include <stdexcept>
 #include <string>
 
 #include "example_util.hpp"
@@ -21,10 +20,15 @@ struct Entry {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace mmattn;
-  const bool smoke = example::smoke(argc, argv);
-  const std::string dir = argc > 1 && std::string(argv[1]) != "--smoke" ? argv[1] : ".";
+  const example::Args args = example::parse(
+      argc, argv,
+      "Every model preset on a small layout of its shape: one line of plan statistics each, its block map\n"
+      "with the allowed pairs as out_dir/<preset>.svg, and a forward checked against the reference.",
+      {{"out_dir", 0, 0, 0, /*text=*/"."}});
+  const bool smoke = args.smoke;
+  const std::string dir = args.text[0];
 
   SequenceLayout chat;  // a system prompt, an image, the question
   chat.add_text(16).add_image(10, 10).add_text(60);
@@ -58,7 +62,7 @@ int main(int argc, char** argv) {
   for (const Entry& e : entries) {
     const MultimodalAttention<float> attention(cfg, e.layout, e.policy, PlanOptions{{16, 16}});
     const std::string path = dir + "/" + e.file + ".svg";
-    std::ofstream(path) << attention.svg();
+    if (!(std::ofstream(path) << attention.svg())) throw std::runtime_error("cannot write " + path);
     const PlanStats st = attention.stats();
     const index_t n = e.layout.size();
     const std::vector<float> q = example::random_values(size_t(n * 2 * cfg.head_dim), 1);
@@ -74,4 +78,6 @@ int main(int argc, char** argv) {
                 e.model, static_cast<long long>(n), 100.0 * st.density(), 100.0 * st.efficiency(), err, path.c_str());
   }
   return worst <= 1e-5 ? 0 : 1;  // NaN fails
+} catch (const std::exception& e) {
+  return example::CommandLine::error(argv, e);
 }

@@ -4,10 +4,15 @@
 #include <cstdio>
 #include <vector>
 
-#include <mmattn/mmattn.hpp>
+#include "example_util.hpp"  // only for the command line: --help, --smoke
 
-int main() {
+int main(int argc, char** argv) try {
   using namespace mmattn;
+  example::parse(argc, argv,
+                 "The smallest use: an interleaved prompt of two images and text, the structured rule, one\n"
+                 "forward checked against the reference. Takes no sizes: it is tiny already, so --smoke is\n"
+                 "the same run.",
+                 {});
   SequenceLayout layout;
   layout.add_image(12, 12).add_text(20).add_image(8, 10).add_text(30);  // interleaved chat prompt
   const AttentionConfig cfg{/*num_heads=*/8, /*num_kv_heads=*/2, /*head_dim=*/64, /*scale=*/{}};
@@ -28,4 +33,6 @@ int main() {
   std::printf("%lld tokens, plan efficiency %.2f, max |out - reference| = %.1e\n", static_cast<long long>(n),
               attention.stats().efficiency(), err);
   return err < 1e-4f ? 0 : 1;
+} catch (const std::exception& e) {
+  return example::CommandLine::error(argv, e);
 }

@@ -1,18 +1,20 @@
 // A Qwen2.5-VL vision-encoder layer pair on one non-square image: a window layer (partitioned
 // 8 x 8 patch windows, edge windows smaller) next to a full-attention layer, same input.
-//
-// usage: qwen25vl_vision_windows [rows=36] [cols=52] [heads=16] [head_dim=80] [window=8] [--smoke]
 
 #include <cstdio>
 
 #include "example_util.hpp"
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace mmattn;
-  const bool smoke = example::smoke(argc, argv);
-  const index_t rows = example::arg(argc, argv, 1, smoke ? 10 : 36), cols = example::arg(argc, argv, 2, smoke ? 13 : 52);
-  const index_t heads = example::arg(argc, argv, 3, smoke ? 2 : 16), dim = example::arg(argc, argv, 4, smoke ? 16 : 80);
-  const index_t window = example::arg(argc, argv, 5, 8);
+  const example::Args args = example::parse(
+      argc, argv,
+      "A Qwen2.5-VL vision window layer (window x window patch partitions) beside a full-attention layer\n"
+      "on one rows x cols image: plan report, both timed, window rows checked against the reference.",
+      {{"rows", 36, 10}, {"cols", 52, 13}, {"heads", 16, 2}, {"head_dim", 80, 16}, {"window", 8, 8}});
+  const bool smoke = args.smoke;
+  const index_t rows = args.number[0], cols = args.number[1], heads = args.number[2], dim = args.number[3];
+  const index_t window = args.number[4];
 
   SequenceLayout layout;
   layout.add_image(rows, cols);
@@ -40,4 +42,6 @@ int main(int argc, char** argv) {
   const double err = example::check_rows(cfg, qv, kv, vv, ov, check, windowed.predicate());
   std::printf("max relative error vs reference on %zu rows: %.2e\n", check.size(), err);
   return err <= 1e-5 ? 0 : 1;
+} catch (const std::exception& e) {
+  return example::CommandLine::error(argv, e);
 }

@@ -1,10 +1,6 @@
 // The strategy advisor on real or synthetic Q, K, V: recommends a strategy by the checklist and
 // prints every candidate's plan statistics, latency, speedups, memory and measured error.
-//
-// usage: strategy_advisor [--images 32] [--grid 16x16] [--text 512] [--heads 32] [--kv-heads H]
-//                         [--head-dim 128] [--locality 0.8] [--focus 1] [--budget-mib M]
-//                         [--kv-bytes 2] [--top-k 1] [--tile 8x8] [--runs 3] [--threads N]
-//                         [--q q.npy --k k.npy --v v.npy] [--save DIR] [--smoke]
+// `strategy_advisor --help` lists the flags and their defaults.
 //
 // Inputs: --q/--k/--v read .npy files of shape [tokens, heads, head_dim] ('<f4', C order; a
 // runtime dumps them with numpy.save), and the layout flags must describe their tokens (images of
@@ -15,10 +11,10 @@
 // head h is noise plus focus x (h + 1/2) / heads x sqrt(head_dim) times the unit direction of the
 // mean key over a "referent" region (4 x 4 patches of a random image, a new one every 16 text
 // tokens): text refers to image content, and heads range from diffuse to peaked cross attention.
-// --save DIR writes the inputs as DIR/{q,k,v}.npy.
-// --smoke: 3 images of 6 x 6 + 20 text, 2 heads of 16, one run, through .npy files in a temp dir.
+// --smoke goes through .npy files in a temporary directory, so the loader runs too.
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -29,7 +25,7 @@
 
 #include <unistd.h>
 
-#include <mmattn/mmattn.hpp>
+#include "example_util.hpp"
 
 namespace {
 
@@ -44,55 +40,63 @@ struct Args {
   bool smoke = false;
 };
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "strategy_advisor: %s\nusage: strategy_advisor [--images N] [--grid RxC] [--text T] [--heads H] "
-               "[--kv-heads H] [--head-dim D] [--locality L] [--focus F] [--budget-mib M] [--kv-bytes B] [--top-k K] "
-               "[--tile RxC] [--runs R] [--threads N] [--q q.npy --k k.npy --v v.npy] [--save DIR] [--smoke]\n",
-               why.c_str());
-  std::exit(2);
-}
+const char* const kUsage =
+    "[--images 32] [--grid 16x16] [--text 512] [--heads 32] [--kv-heads (heads)] [--head-dim 128]\n"
+    "    [--locality 0.8] [--focus 1] [--budget-mib (none)] [--kv-bytes 2] [--top-k 1] [--tile 8x8] [--runs 3]\n"
+    "    [--threads (all)] [--q q.npy --k k.npy --v v.npy] [--save DIR] [--smoke] [--help]";
+const char* const kAbout =
+    "Recommends an attention strategy for a layout of images (grid) then text, and prints every candidate's\n"
+    "plan statistics, latency, speedup, memory and measured error, on .npy inputs (--q/--k/--v, shape\n"
+    "[tokens, heads, head_dim], '<f4') or synthetic ones of tunable image locality and text focus.\n"
+    "--save DIR writes the inputs as DIR/{q,k,v}.npy. --smoke: 3 images of 6 x 6 + 20 text, 2 heads of 16.";
 
-void parse_pair(const std::string& s, index_t& a, index_t& b) {
+// "RxC", or one number for both.
+void parse_pair(const example::CommandLine& cli, const std::string& name, const std::string& s, index_t& a,
+                index_t& b) {
   const size_t x = s.find('x');
-  a = std::atoll(s.c_str());
-  b = x == std::string::npos ? a : std::atoll(s.c_str() + x + 1);
+  a = cli.whole(name, s.substr(0, x).c_str(), 1);
+  b = x == std::string::npos ? a : cli.whole(name, s.substr(x + 1).c_str(), 1);
 }
 
 Args parse(int argc, char** argv) {
+  constexpr double kHuge = 1e30;  // "no upper bound" for a real-valued flag
+  const example::CommandLine cli(argv, kUsage, kAbout);
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(s + " needs a value");
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) cli.fail(s + " needs a value");
       return argv[++i];
     };
-    if (s == "--smoke") a.smoke = true;
-    else if (s == "--images") a.images = std::atoll(value().c_str());
-    else if (s == "--grid") parse_pair(value(), a.rows, a.cols);
-    else if (s == "--text") a.text = std::atoll(value().c_str());
-    else if (s == "--heads") a.heads = std::atoll(value().c_str());
-    else if (s == "--kv-heads") a.kv_heads = std::atoll(value().c_str());
-    else if (s == "--head-dim") a.head_dim = std::atoll(value().c_str());
-    else if (s == "--locality") a.locality = std::atof(value().c_str());
-    else if (s == "--focus") a.focus = std::atof(value().c_str());
-    else if (s == "--budget-mib") a.budget_mib = std::atof(value().c_str());
-    else if (s == "--kv-bytes") a.kv_bytes = std::atoll(value().c_str());
-    else if (s == "--top-k") a.top_k = std::atoll(value().c_str());
-    else if (s == "--tile") parse_pair(value(), a.tile_rows, a.tile_cols);
-    else if (s == "--runs") a.runs = std::atoi(value().c_str());
-    else if (s == "--threads") a.threads = std::atoi(value().c_str());
+    auto whole = [&](long min, long max = LONG_MAX) { return cli.whole(s, value(), min, max); };
+    auto real = [&](double lo, double hi) { return cli.real(s, value(), lo, hi); };
+    if (s == "--help" || s == "-h") cli.help();
+    else if (s == "--smoke") a.smoke = true;
+    else if (s == "--images") a.images = whole(0);
+    else if (s == "--grid") parse_pair(cli, s, value(), a.rows, a.cols);
+    else if (s == "--text") a.text = whole(0);
+    else if (s == "--heads") a.heads = whole(1);
+    else if (s == "--kv-heads") a.kv_heads = whole(1);
+    else if (s == "--head-dim") a.head_dim = whole(1);
+    else if (s == "--locality") a.locality = real(0, 1);
+    else if (s == "--focus") a.focus = real(0, kHuge);
+    else if (s == "--budget-mib") a.budget_mib = real(0, kHuge);
+    else if (s == "--kv-bytes") a.kv_bytes = whole(1);
+    else if (s == "--top-k") a.top_k = whole(1);
+    else if (s == "--tile") parse_pair(cli, s, value(), a.tile_rows, a.tile_cols);
+    else if (s == "--runs") a.runs = static_cast<int>(whole(1, INT_MAX));
+    else if (s == "--threads") a.threads = static_cast<int>(whole(0, INT_MAX));
     else if (s == "--q") a.q = value();
     else if (s == "--k") a.k = value();
     else if (s == "--v") a.v = value();
     else if (s == "--save") a.save = value();
-    else usage("unknown argument " + s);
+    else if (s[0] == '-') cli.fail("unknown option '" + s + "'");
+    else cli.fail("unexpected argument '" + s + "' (every setting is a --flag)");
   }
   if (a.smoke) a.images = 3, a.rows = a.cols = 6, a.text = 20, a.heads = 2, a.kv_heads = 0, a.head_dim = 16, a.runs = 1;
   if (a.smoke) a.tile_rows = a.tile_cols = 3;
   if (a.kv_heads <= 0) a.kv_heads = a.heads;
-  if (a.locality < 0 || a.locality > 1) usage("--locality must be in [0, 1]");
-  if (a.q.empty() != a.k.empty() || a.q.empty() != a.v.empty()) usage("--q, --k and --v go together");
+  if (a.q.empty() != a.k.empty() || a.q.empty() != a.v.empty()) cli.fail("--q, --k and --v go together");
   return a;
 }
 
@@ -244,8 +248,7 @@ int main(int argc, char** argv) {
     for (const mmattn::AdvisorRow& r : advice.rows)
       if (r.reference_error > 1e-4) return 1;  // an exact strategy that is not exact is a bug
     return 0;
-  } catch (const mmattn::Error& e) {
-    std::fprintf(stderr, "strategy_advisor: %s\n", e.what());
-    return 1;
+  } catch (const std::exception& e) {
+    return example::CommandLine::error(argv, e);
   }
 }
