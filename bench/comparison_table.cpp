@@ -390,33 +390,84 @@ const char* strategy_color(bench::Strategy s) {
   return "#000000";
 }
 
-// Grouped bars of speedup vs dense on a log2 axis, growing up from 1x (faster) or down (slower);
-// the planned strategy's FLOP ratio is a black tick over its bar.
-void write_svg(const std::string& path, const std::vector<Result>& results, const std::string& subtitle) {
-  const double bar_w = 22, gap = 34, left = 70, top = 60, plot_h = 320;
-  double lo = 0.5, hi = 2.0;
+constexpr bench::Strategy kAllStrategies[] = {bench::Strategy::dense,          bench::Strategy::causal,
+                                              bench::Strategy::window_global,  bench::Strategy::structured,
+                                              bench::Strategy::qwen_window,    bench::Strategy::gemma3_local,
+                                              bench::Strategy::video_window3d, bench::Strategy::naive};
+
+// Why a workload has no bar for a baseline that other workloads of the chart have, so a gap in a
+// group is never left to guessing. Each workload's planned strategy is its own model's mask, so the
+// others' planned strategies are not missing from it.
+std::string absence_reason(bench::Strategy s, const bench::Workload& w) {
+  const auto has = [&](bench::Strategy x) {
+    return std::find(w.strategies.begin(), w.strategies.end(), x) != w.strategies.end();
+  };
+  if (s == bench::Strategy::naive && !bench::naive_fits(w.tokens()))
+    return fmt("its N x N float scores would exceed the %.0f MiB budget", bench::kNaiveScoreBudgetBytes / 1048576.0);
+  if (s == bench::Strategy::causal && w.layout.text_tokens() == 0)
+    return "a vision-encoder layer has no causal order";
+  if (s == bench::Strategy::window_global && !has(bench::Strategy::structured))
+    return "it varies structured's image window, so it runs only beside structured";
+  return "not in the workload's strategy list (bench/workloads.hpp)";
+}
+
+// Grouped bars of the speedup over dense on a log2 axis. Bars rise from the axis floor, a power of
+// two below the slowest strategy, so dense (1x) and a baseline slower than dense both get a bar
+// whose top is read against the 1x line. The planned strategy's FLOP ratio (the speedup it would
+// reach computing only allowed pairs as fast as dense) is a dashed tick over its bar; a value label
+// that would touch the tick moves above it. Missing bars are explained under the chart.
+bool write_svg(const std::string& path, const std::vector<Result>& results, const std::string& subtitle) {
+  const double bar_w = 24, gap = 34, left = 70, top = 64, plot_h = 320, legend_w = 250;
+  auto speedup = [](const Result& r, const Row& row) { return r.find(bench::Strategy::dense)->median_s() / row.median_s(); };
+  auto flop_ratio = [](const Result& r, const Row& row) {
+    return double(r.workload->tokens()) * double(r.workload->tokens()) / row.run.allowed_pairs;
+  };
+
+  double lo = 1.0, hi = 2.0;
   size_t bars = 0;
+  auto shown = [&](bench::Strategy st) {
+    for (const Result& r : results)
+      if (r.find(bench::Strategy::dense) && r.find(st)) return true;
+    return false;
+  };
+  std::vector<std::pair<std::string, std::string>> notes;  // (what is missing and why, workloads)
+  auto note = [&](const std::string& what, const std::string& workload) {
+    for (auto& [w, names] : notes)
+      if (w == what) return void(names += ", " + workload);
+    notes.emplace_back(what, workload);
+  };
   for (const Result& r : results) {
-    const Row* dense = r.find(bench::Strategy::dense);
-    if (!dense) continue;
-    for (const Row& row : r.rows) {
-      const double s = dense->median_s() / row.median_s();
-      lo = std::min(lo, s), hi = std::max(hi, s), ++bars;
+    if (!r.find(bench::Strategy::dense)) {
+      note("no bars: dense did not run, so there is nothing to divide by", r.workload->name);
+      continue;
     }
-    if (const Row* t = r.target())
-      hi = std::max(hi, double(r.workload->tokens()) * double(r.workload->tokens()) / t->run.allowed_pairs);
+    for (const Row& row : r.rows) lo = std::min(lo, speedup(r, row)), hi = std::max(hi, speedup(r, row)), ++bars;
+    if (const Row* t = r.target()) hi = std::max(hi, flop_ratio(r, *t));
   }
-  const double lo2 = std::floor(std::log2(lo)), hi2 = std::ceil(std::log2(hi));
+  for (const Result& r : results)
+    for (bench::Strategy s : {bench::Strategy::causal, bench::Strategy::window_global, bench::Strategy::naive})
+      if (shown(s) && r.find(bench::Strategy::dense) && !r.find(s))
+        note(fmt("no %s bar: ", bench::strategy_name(s)) + absence_reason(s, *r.workload), r.workload->name);
+  bool contended = false;
+  for (const Result& r : results) contended = contended || r.contended;
+  if (contended) note("* fewer than 3 clean rounds (another process held a core): medians over all rounds", "");
+
+  double lo2 = std::floor(std::log2(lo));
+  if (std::log2(lo) - lo2 < 0.25) lo2 -= 1;  // the slowest bar stays a quarter octave tall
+  const double hi2 = std::ceil(std::log2(hi));
   const double plot_w = double(bars) * bar_w + double(results.size()) * gap + gap;
-  const double width = left + plot_w + 250, height = top + plot_h + 70;
+  const double notes_y = top + plot_h + 44;
+  const double width = left + plot_w + legend_w, height = notes_y + 14.0 * double(notes.size()) + 10;
   auto y = [&](double v) { return top + plot_h * (hi2 - std::log2(v)) / (hi2 - lo2); };
 
   std::ostringstream s;
   s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Speedup vs dense FlashAttention "
-    << "(median latency ratio, log scale)</text>\n<text x=\"" << left << "\" y=\"40\" fill=\"#555\">" << subtitle
-    << "</text>\n";
+    << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Speedup over dense FlashAttention "
+    << "per workload (ratio of median latencies; higher is faster)</text>\n<text x=\"" << left
+    << "\" y=\"40\" fill=\"#555\">" << subtitle << "</text>\n<text x=\"14\" y=\"" << top + plot_h / 2
+    << "\" transform=\"rotate(-90 14 " << top + plot_h / 2
+    << ")\" text-anchor=\"middle\">speedup over dense (log scale)</text>\n";
   for (double e = lo2; e <= hi2; ++e) {
     const double v = std::exp2(e), yy = y(v);
     s << "<line x1=\"" << left << "\" x2=\"" << left + plot_w << "\" y1=\"" << yy << "\" y2=\"" << yy
@@ -425,41 +476,47 @@ void write_svg(const std::string& path, const std::vector<Result>& results, cons
   }
   double x = left + gap;
   for (const Result& r : results) {
-    const Row* dense = r.find(bench::Strategy::dense);
-    if (!dense) continue;
+    if (!r.find(bench::Strategy::dense)) continue;
     const double group_x = x;
     for (const Row& row : r.rows) {
-      const double v = dense->median_s() / row.median_s();
-      const double y0 = std::min(y(1.0), y(v)), h = std::max(1.0, std::abs(y(1.0) - y(v)));
-      s << "<rect x=\"" << x << "\" y=\"" << y0 << "\" width=\"" << bar_w - 3 << "\" height=\"" << h << "\" fill=\""
-        << strategy_color(row.run.strategy) << "\"><title>" << row.run.name << ": " << ratio_text(v)
-        << "</title></rect>\n<text x=\"" << x + (bar_w - 3) / 2 << "\" y=\"" << (v >= 1 ? y(v) - 3 : y(v) + 11)
-        << "\" text-anchor=\"middle\" font-size=\"9\">" << fmt("%.1f", v) << "</text>\n";
+      const double v = speedup(r, row), bar_top = std::min(y(v), top + plot_h - 2);  // >= 2 px tall
+      const double mid = x + (bar_w - 3) / 2;
+      double label_y = bar_top - 3;
+      s << "<rect x=\"" << x << "\" y=\"" << bar_top << "\" width=\"" << bar_w - 3 << "\" height=\""
+        << top + plot_h - bar_top << "\" fill=\"" << strategy_color(row.run.strategy) << "\"><title>" << row.run.name
+        << ": " << ratio_text(v) << "</title></rect>\n";
       if (&row == r.target()) {
-        const double ratio = double(r.workload->tokens()) * double(r.workload->tokens()) / row.run.allowed_pairs;
-        s << "<line x1=\"" << x - 2 << "\" x2=\"" << x + bar_w - 1 << "\" y1=\"" << y(ratio) << "\" y2=\"" << y(ratio)
-          << "\" stroke=\"black\" stroke-width=\"2\"><title>FLOP ratio " << ratio_text(ratio) << "</title></line>\n";
+        const double ty = y(flop_ratio(r, row));
+        if (std::abs(ty - bar_top) < 13) label_y = std::min(ty, bar_top) - 4;
+        s << "<line x1=\"" << x - 3 << "\" x2=\"" << x + bar_w << "\" y1=\"" << ty << "\" y2=\"" << ty
+          << "\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 2\"><title>FLOP ratio "
+          << ratio_text(flop_ratio(r, row)) << "</title></line>\n";
       }
+      s << "<text x=\"" << mid << "\" y=\"" << label_y << "\" text-anchor=\"middle\" font-size=\"9\">"
+        << (v < 10 ? fmt("%.2f", v) : fmt("%.1f", v)) << "</text>\n";
       x += bar_w;
     }
-    s << "<text x=\"" << (group_x + x) / 2 << "\" y=\"" << top + plot_h + 18 << "\" text-anchor=\"middle\">"
-      << r.workload->name << "</text>\n";
+    s << "<text x=\"" << (group_x + x - 3) / 2 << "\" y=\"" << top + plot_h + 18 << "\" text-anchor=\"middle\">"
+      << r.workload->name << (r.contended ? " *" : "") << "</text>\n";
     x += gap;
   }
+  for (size_t i = 0; i < notes.size(); ++i)
+    s << "<text x=\"" << left << "\" y=\"" << notes_y + 14.0 * double(i) << "\" fill=\"#444\">"
+      << (notes[i].second.empty() ? notes[i].first : notes[i].second + ": " + notes[i].first) << "</text>\n";
+
   double ly = top + 10;
   const double lx = left + plot_w + 20;
-  for (bench::Strategy st : {bench::Strategy::dense, bench::Strategy::causal, bench::Strategy::window_global,
-                             bench::Strategy::structured, bench::Strategy::qwen_window, bench::Strategy::gemma3_local,
-                             bench::Strategy::video_window3d, bench::Strategy::naive}) {
+  for (bench::Strategy st : kAllStrategies) {
+    if (!shown(st)) continue;
     s << "<rect x=\"" << lx << "\" y=\"" << ly - 9 << "\" width=\"12\" height=\"12\" fill=\"" << strategy_color(st)
       << "\"/>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 1 << "\">" << bench::strategy_name(st) << "</text>\n";
     ly += 18;
   }
-  s << "<line x1=\"" << lx << "\" x2=\"" << lx + 12 << "\" y1=\"" << ly - 3 << "\" y2=\"" << ly - 3
-    << "\" stroke=\"black\" stroke-width=\"2\"/>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 1
+  s << "<line x1=\"" << lx - 2 << "\" x2=\"" << lx + 14 << "\" y1=\"" << ly - 3 << "\" y2=\"" << ly - 3
+    << "\" stroke=\"black\" stroke-width=\"2\" stroke-dasharray=\"4 2\"/>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 1
     << "\">FLOP ratio of the planned strategy</text>\n<text x=\"" << lx + 18 << "\" y=\"" << ly + 14
     << "\">(dense pairs / allowed pairs)</text>\n</svg>\n";
-  std::ofstream(path) << s.str();
+  return static_cast<bool>(std::ofstream(path) << s.str());
 }
 
 }  // namespace
@@ -469,9 +526,10 @@ int main(int argc, char** argv) {
   bench::set_threads(args.threads);
   const std::string machine = cpu_model() + ", " + std::to_string(std::thread::hardware_concurrency()) +
                               " hardware threads; " + std::to_string(args.threads) + " threads used";
+  const std::string load_start = load_average();
   std::printf("machine: %s\nload average at start: %s\nrounds: each strategy once per round after 1 warm-up call, "
               "until >= %d clean rounds each (more rounds for short workloads)%s\n\n",
-              machine.c_str(), load_average().c_str(), args.reps, args.quick ? "; --quick sizes" : "");
+              machine.c_str(), load_start.c_str(), args.reps, args.quick ? "; --quick sizes" : "");
   std::fflush(stdout);
 
   const std::vector<bench::Workload> workloads = bench::workloads(args.quick);
@@ -488,8 +546,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   print_summary(results);
-  std::printf("load average at end: %s\n", load_average().c_str());
-  write_svg(args.svg, results, machine + ", median of >= " + std::to_string(args.reps) + " rounds");
+  const std::string load_end = load_average();
+  std::printf("load average at end: %s\n", load_end.c_str());
+  if (!write_svg(args.svg, results,
+                 machine + ", median of >= " + std::to_string(args.reps) + " rounds; load average " + load_start +
+                     " at start, " + load_end + " at end")) {
+    std::fprintf(stderr, "comparison_table: cannot write %s\n", args.svg.c_str());
+    return 1;
+  }
   std::printf("chart: %s\n", args.svg.c_str());
   if (!all_exact) std::fprintf(stderr, "comparison_table: a strategy's output does not match the reference\n");
   return all_exact ? 0 : 1;

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building and testing mmattn needs on Debian 12, only when something is missing:
 # the toolchain, Eigen 3.4, GoogleTest and Google Benchmark. Used by the README's two commands
-# and by .ci/run. `install-deps.sh fuzz` adds clang and its libFuzzer runtime (the fuzz preset).
+# and by .ci/run. Extras by name, any of them: `fuzz` adds clang and its libFuzzer runtime (the fuzz
+# preset), `render` adds rsvg-convert (cmake/render-svgs.sh, CI's check of the SVG pictures).
 # Runs apt-get as root, or through sudo when there is one.
 set -euo pipefail
 
 pkgs=(cmake g++ make libeigen3-dev libgtest-dev libbenchmark-dev)
-if [[ "${1:-}" == fuzz ]]; then pkgs+=(clang libclang-rt-14-dev); fi
+for extra in "$@"; do
+  case "$extra" in
+    fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
+    render) pkgs+=(librsvg2-bin) ;;
+    *) echo "install-deps: unknown extra '$extra' (fuzz, render)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for pkg in "${pkgs[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || missing+=("$pkg")

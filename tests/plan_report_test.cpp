@@ -11,6 +11,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mmattn/mmattn.hpp"
@@ -247,12 +248,14 @@ TEST(PlanSvg, OneRectPerBlockAndLabels) {
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   ASSERT_GE(svg.size(), 7u);
   EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
-  // Blocks, plus the page and plot backgrounds, the four legend swatches and the allowed pairs.
-  EXPECT_EQ(count(svg, "<rect"), s.plan.blocks.size() + 2 + 4 + allowed_rects(svg));
+  // Blocks, plus the page and plot backgrounds, the legend's five swatches and two overlays on
+  // them, and the allowed pairs.
+  EXPECT_EQ(count(svg, "<rect"), s.plan.blocks.size() + 2 + 7 + allowed_rects(svg));
   EXPECT_EQ(count(svg, "<g"), count(svg, "</g>"));
   EXPECT_EQ(count(svg, "<svg"), 1u);
-  for (const char* word : {">full block<", ">partial block<", ">allowed pair<", ">skipped<", ">img0 4x4<", ">text 8<",
-                           "#2e7d32", "#f9a825", "#eeeeee", "#1a237e"})
+  for (const char* word : {">full block<", ">partial block (masked pairs)<", ">allowed pair, full block<",
+                           ">allowed pair, partial block<", ">skipped<", ">img0 4x4<", ">text 8<", "#2e7d32", "#f9a825",
+                           "#eeeeee", "#1a237e", "allowed pairs of every query"})
     EXPECT_NE(svg.find(word), std::string::npos) << word;
 
   // Full blocks are drawn first, partial ones over them; each group holds its own blocks.
@@ -273,7 +276,7 @@ TEST(PlanSvg, CoordinatesStayShortOnLargePlans) {
   const auto policy = mmattn::RegionPolicy::structured();
   const mmattn::Plan plan = mmattn::make_plan(layout, policy, {{16, 16}});
   const std::string svg = mmattn::plan_svg(plan, layout);
-  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 6 + allowed_rects(svg));
+  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 9 + allowed_rects(svg));
   EXPECT_LT(svg.size(), (plan.blocks.size() + allowed_rects(svg)) * 60 + 8192);
   // Every numeric attribute value has at most one decimal.
   const std::regex attribute("=\"(-?[0-9]+(\\.[0-9]+)?)\"");
@@ -290,6 +293,28 @@ TEST(PlanSvg, CoordinatesStayShortOnLargePlans) {
   EXPECT_GT(numbers, 4 * plan.blocks.size());
   for (int i = 0; i < 8; ++i) EXPECT_NE(svg.find(">img" + std::to_string(i) + " 32x32<"), std::string::npos);
   EXPECT_NE(svg.find(">text 512<"), std::string::npos);
+  // 8704 queries on an 800 px plot: the map says it samples them.
+  EXPECT_NE(svg.find("one query per pixel row (800 of 8704 queries)"), std::string::npos);
+}
+
+TEST(PlanSvg, LabelsOfShortSegmentsDoNotOverlap) {
+  // 40 two-token images after a long text: 2 px apart on the map, so most labels are left out; the
+  // ones drawn are a line of text apart (slanted key labels: 20 px along x, 10 px across the text).
+  mmattn::SequenceLayout layout;
+  layout.add_text(720);
+  for (int i = 0; i < 40; ++i) layout.add_image(1, 2);
+  const auto policy = mmattn::RegionPolicy::decoder_causal();
+  const mmattn::Plan plan = mmattn::make_plan(layout, policy, {{16, 16}});
+  const std::string svg = mmattn::plan_svg(plan, layout);
+  const std::regex key_label("<text x=\"(-?[0-9.]+)\" y=\"-4\""), query_label("<text x=\"-4\" y=\"(-?[0-9.]+)\"");
+  for (const auto& [re, spacing] : {std::pair{&key_label, 20.0}, std::pair{&query_label, 11.0}}) {
+    std::vector<double> at;
+    for (auto it = std::sregex_iterator(svg.begin(), svg.end(), *re); it != std::sregex_iterator(); ++it)
+      at.push_back(std::stod((*it)[1]));
+    ASSERT_GE(at.size(), 2u);
+    EXPECT_LT(at.size(), 10u);
+    for (size_t i = 1; i < at.size(); ++i) EXPECT_GE(at[i] - at[i - 1], spacing) << i;
+  }
 }
 
 TEST(PlanSvg, ChunkedQueryRange) {
@@ -300,7 +325,7 @@ TEST(PlanSvg, ChunkedQueryRange) {
   options.query_end = 21;  // one decode step
   const mmattn::Plan plan = mmattn::make_plan(s.layout, s.policy, options);
   const std::string svg = mmattn::plan_svg(plan, s.layout);
-  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 6 + allowed_rects(svg));
+  EXPECT_EQ(count(svg, "<rect"), plan.blocks.size() + 9 + allowed_rects(svg));
   EXPECT_NE(svg.find("queries (positions 20..21)"), std::string::npos);
   EXPECT_EQ(svg.find("height=\"0\""), std::string::npos);
 }

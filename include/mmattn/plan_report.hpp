@@ -226,11 +226,15 @@ inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, c
 // computes); full blocks first, partial ones over them. Over the blocks, the mask itself: the
 // allowed keys of one query per pixel row (every query when they fit), from the plan's rules, so
 // a window over an image shows as its band and the causal triangle as a triangle. Empty space is
-// the grey background.
+// the grey background. The legend shows the colours as they appear: allowed pairs are translucent,
+// so they read differently over full and over partial blocks.
 inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
   using detail::svg_num;
   constexpr double kPlot = 800.0;  // the longer side of the plot area, px
-  constexpr double kLeft = 110.0, kTop = 70.0, kBottom = 66.0, kRight = 60.0;
+  constexpr double kLeft = 110.0, kTop = 84.0, kBottom = 66.0, kRight = 60.0;
+  constexpr const char* kFull = "#2e7d32";
+  constexpr const char* kPartial = "#f9a825";
+  const std::string allowed_fill = "fill=\"#1a237e\" fill-opacity=\"0.6\"";
   const index_t nq = std::max<index_t>(plan.num_queries(), 1), nk = std::max<index_t>(plan.key_tokens, 1);
   // Keys always span the full width; a short query range (chunked prefill, decode) keeps a readable height.
   const double width = kPlot, height = std::clamp(kPlot * double(nq) / double(nk), 120.0, kPlot);
@@ -241,6 +245,8 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
   for (const KeyBlock& b : plan.blocks) full += b.full ? 1 : 0;
   for (const QueryTile& t : plan.query_tiles) computed += t.computed_pairs;
   const index_t dense = plan.num_queries() * plan.key_tokens;
+  // One sampled query per pixel row when the queries outnumber the rows.
+  const index_t samples = std::min<index_t>(nq, std::max<index_t>(1, static_cast<index_t>(height)));
 
   std::string out;
   out.reserve(plan.blocks.size() * 48 + 4096);
@@ -253,6 +259,12 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
          std::to_string(plan.query_tiles.size()) + " query tiles, " + std::to_string(plan.blocks.size()) + " blocks (" +
          std::to_string(full) + " full, " + std::to_string(plan.blocks.size() - size_t(full)) + " partial), computed " +
          detail::percent_of(computed, dense) + " of dense</text>\n";
+  out += "<text x=\"" + svg_num(kLeft) + "\" y=\"36\" fill=\"#555555\">" +
+         (!plan.policy        ? std::string("no rules attached: blocks only")
+          : samples < nq      ? "allowed pairs of one query per pixel row (" + std::to_string(samples) + " of " +
+                               std::to_string(nq) + " queries)"
+                              : std::string("allowed pairs of every query")) +
+         "; a block is drawn from its first to its last token, gaps of 2-D tiles included</text>\n";
   out += "<g transform=\"translate(" + svg_num(kLeft) + "," + svg_num(kTop) + ")\">\n";
   out += "<rect width=\"" + svg_num(width) + "\" height=\"" + svg_num(height) + "\" fill=\"#eeeeee\"/>\n";
   auto block_rect = [&](const TokenRect& q, const TokenRect& k) {
@@ -264,7 +276,7 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
   };
   for (int pass = 0; pass < 2; ++pass) {  // full first, then partial over it
     const bool want_full = pass == 0;
-    out += std::string("<g fill=\"") + (want_full ? "#2e7d32" : "#f9a825") + "\">\n";
+    out += std::string("<g fill=\"") + (want_full ? kFull : kPartial) + "\">\n";
     for (const QueryTile& t : plan.query_tiles)
       for (index_t b = t.block_begin; b < t.block_end; ++b) {
         const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
@@ -275,10 +287,9 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
 
   // The allowed pairs of sampled queries, runs closer than a third of a pixel drawn as one.
   if (plan.policy) {
-    const index_t samples = std::min<index_t>(nq, std::max<index_t>(1, static_cast<index_t>(height)));
     const double row_h = height / double(samples);
     std::vector<KeyRun> runs;
-    out += "<g fill=\"#1a237e\" fill-opacity=\"0.6\">\n";
+    out += "<g " + allowed_fill + ">\n";
     for (index_t i = 0; i < samples && plan.num_queries() > 0; ++i) {
       const index_t q = plan.query_begin + i * plan.num_queries() / samples;
       const index_t qs = layout.segment_index(q);
@@ -316,16 +327,27 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
       out += "<line x1=\"0\" y1=\"" + y + "\" x2=\"" + svg_num(width) + "\" y2=\"" + y + "\"/>\n";
     }
   }
+  // Labels a line of text apart: one that would touch the previous label moves along its segment,
+  // and is left out (its boundary line stays) when the segment ends first, so runs of short
+  // segments do not print over each other. Key labels slant at 30 degrees, so two of them dx apart
+  // are dx / 2 apart across the text; query labels keep clear of the range's end printed below them.
   out += "</g>\n<g font-size=\"9\" fill=\"#333333\">\n";
+  double last_x = -1e9, last_y = -1e9;
   for (index_t s = 0; s < layout.num_segments(); ++s) {
     const Segment& seg = layout.segment(s);
     const std::string label = detail::segment_label(layout, s);
-    out += "<text x=\"" + svg_num(double(seg.start) * sx + 2) + "\" y=\"-4\" transform=\"rotate(-30 " +
-           svg_num(double(seg.start) * sx + 2) + " -4)\">" + label + "</text>\n";
-    const index_t a = std::max(seg.start, plan.query_begin), b = std::min(seg.end(), plan.query_end);
-    if (a < b)
-      out += "<text x=\"-4\" y=\"" + svg_num(double(a - plan.query_begin) * sy + 9) + "\" text-anchor=\"end\">" +
+    const double x0 = double(seg.start) * sx, x = std::max(x0, last_x + 20);
+    if (seg.start < plan.key_tokens && (x == x0 || x + 4 <= double(seg.end()) * sx)) {
+      out += "<text x=\"" + svg_num(x + 2) + "\" y=\"-4\" transform=\"rotate(-30 " + svg_num(x + 2) + " -4)\">" +
              label + "</text>\n";
+      last_x = x;
+    }
+    const index_t a = std::max(seg.start, plan.query_begin), b = std::min(seg.end(), plan.query_end);
+    const double y0 = double(a - plan.query_begin) * sy, y = std::max(y0, last_y + 11);
+    if (a < b && (y == y0 || y + 9 <= double(b - plan.query_begin) * sy) && y + 20 <= height) {
+      out += "<text x=\"-4\" y=\"" + svg_num(y + 9) + "\" text-anchor=\"end\">" + label + "</text>\n";
+      last_y = y;
+    }
   }
   out += "</g>\n";
   // Axes: the ranges in positions.
@@ -338,14 +360,24 @@ inline std::string plan_svg(const Plan& plan, const SequenceLayout& layout) {
   out += "<text x=\"-" + svg_num(kLeft - 14) + "\" y=\"" + svg_num(height / 2) + "\" transform=\"rotate(-90 -" +
          svg_num(kLeft - 14) + " " + svg_num(height / 2) + ")\" text-anchor=\"middle\">queries (positions " +
          std::to_string(plan.query_begin) + ".." + std::to_string(plan.query_end) + ")</text>\n";
-  // Legend, under the key axis.
-  const char* legend[4][2] = {
-      {"#2e7d32", "full block"}, {"#f9a825", "partial block"}, {"#1a237e", "allowed pair"}, {"#eeeeee", "skipped"}};
-  for (int i = 0; i < 4; ++i) {
-    const double x = 110.0 * i, y = height + 44;
-    out += "<rect x=\"" + svg_num(x) + "\" y=\"" + svg_num(y) + "\" width=\"12\" height=\"12\" fill=\"" + legend[i][0] +
-           "\" stroke=\"#555555\" stroke-width=\"0.5\"/>";
-    out += "<text x=\"" + svg_num(x + 16) + "\" y=\"" + svg_num(y + 10) + "\">" + legend[i][1] + "</text>\n";
+  // Legend, under the key axis: each swatch drawn the way its colour appears in the map.
+  struct Swatch {
+    const char* fill;
+    bool allowed;  // the translucent allowed-pair overlay on top
+    const char* text;
+  };
+  const Swatch legend[] = {{kFull, false, "full block"},
+                           {kPartial, false, "partial block (masked pairs)"},
+                           {kFull, true, "allowed pair, full block"},
+                           {kPartial, true, "allowed pair, partial block"},
+                           {"#eeeeee", false, "skipped"}};
+  double x = 0;
+  for (const Swatch& sw : legend) {
+    const std::string at = "x=\"" + svg_num(x) + "\" y=\"" + svg_num(height + 44) + "\" width=\"12\" height=\"12\"";
+    out += "<rect " + at + " fill=\"" + sw.fill + "\" stroke=\"#555555\" stroke-width=\"0.5\"/>";
+    if (sw.allowed) out += "<rect " + at + " " + allowed_fill + "/>";
+    out += "<text x=\"" + svg_num(x + 16) + "\" y=\"" + svg_num(height + 54) + "\">" + sw.text + "</text>\n";
+    x += 26.0 + 5.8 * double(std::char_traits<char>::length(sw.text));  // ~5.8 px per 11 px sans character
   }
   out += "</g>\n</svg>\n";
   return out;
