@@ -3,47 +3,19 @@
 // its normalised output O_i and log-sum-exp lse_i over its keys; over the union of the keys
 //   lse = log sum_i exp(lse_i),   O = sum_i w_i O_i  with  w_i = exp(lse_i - lse).
 // A shared image prefix computed once plus per-request text suffixes, or split-KV's key chunks,
-// merge to what one pass over all the keys gives (to fp32 rounding).
+// merge to what one pass over all the keys gives (to fp32 rounding). Row by row it is
+// kernel::merge_row (kernel/merge_row.hpp), which split-KV uses directly.
 
-#include <algorithm>
-#include <cmath>
-#include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/config.hpp"
-#include "mmattn/kernel/online_softmax.hpp"
+#include "mmattn/kernel/merge_row.hpp"
 #include "mmattn/tensor_view.hpp"
 
 namespace mmattn {
-
-namespace kernel {
-
-// Merges one (token, head) row. part_lse[i] is part i's log-sum-exp; add_part(i, w, acc) adds
-// w * O_i to acc[0, dim). Parts with lse = -inf saw no key: weight 0 and never read, so their
-// rows may hold anything. acc receives the merged row; returns the merged lse, -inf (and zeros)
-// when no part saw a key, NaN (and a NaN row) when a part saw a NaN score.
-template <class AddPart>
-float merge_row(index_t parts, const float* part_lse, index_t dim, AddPart&& add_part, float* acc) {
-  float top = kNegInf;
-  for (index_t i = 0; i < parts; ++i) top = std::isnan(part_lse[i]) ? part_lse[i] : std::max(top, part_lse[i]);
-  Eigen::Map<Eigen::ArrayXf> out(acc, dim);
-  if (std::isnan(top)) return out.setConstant(top), top;  // a part saw a NaN: so does the whole row
-  out.setZero();
-  if (top == kNegInf) return kNegInf;  // -inf minus -inf would be NaN
-  float sum = 0;
-  for (index_t i = 0; i < parts; ++i) {
-    if (part_lse[i] == kNegInf) continue;
-    const float w = std::exp(part_lse[i] - top);  // the largest part gets exactly 1
-    sum += w;
-    add_part(i, w, acc);
-  }
-  out *= 1.0f / sum;  // sum >= 1: the largest part's weight
-  return top + std::log(sum);
-}
-
-}  // namespace kernel
 
 // One part: [tokens, heads, head_dim] output normalised over the part's keys, and its
 // [tokens, heads] log-sum-exp (required: without it the parts cannot be weighed).

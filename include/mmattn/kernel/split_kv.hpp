@@ -2,19 +2,21 @@
 // Split-KV (FlashDecoding; ggml's third path): when a plan has too few work items to keep every
 // worker busy (decode: one tile of 1..few rows), each tile's key blocks are cut into chunks of
 // about equal key count, the chunks run in parallel into scratch partial outputs and log-sum-exps,
-// and the last chunk of a tile to finish merges them exactly (merge.hpp). Tiles of few rows run
+// and the last chunk of a tile to finish merges them exactly (merge_row.hpp). Tiles of few rows run
 // all heads per item (decode_kernel.hpp), others head by head (attend_tile).
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
 #include "mmattn/kernel/decode_kernel.hpp"
+#include "mmattn/kernel/merge_row.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
-#include "mmattn/merge.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/tensor_view.hpp"
 
