@@ -36,7 +36,6 @@ struct Segment {
   bool is_text() const { return kind == SegmentKind::text; }
   index_t end() const { return start + length; }
   index_t frame_size() const { return rows * cols; }
-  bool contains(index_t pos) const { return pos >= start && pos < end(); }
 
   GridCoord coord(index_t pos) const {  // pos inside the segment
     const index_t offset = pos - start, f = offset / frame_size(), in_frame = offset % frame_size();
