@@ -1,7 +1,7 @@
 #pragma once
 // What a plan costs and how well it fits its mask: allowed pairs (exact, by arithmetic; a custom
-// predicate is counted pair by pair),
-// computed pairs (at block granularity), per region pair, and the FLOPs and workspace that follow.
+// predicate is counted pair by pair), computed pairs (at block granularity), per region pair, and
+// the FLOPs and workspace that follow.
 
 #include <algorithm>
 #include <array>
@@ -59,6 +59,7 @@ inline index_t workspace_bytes_per_thread(const Plan& plan, index_t head_dim) {
          plan.tiles.key * static_cast<index_t>(sizeof(KeyRun));  // a masked row's allowed runs
 }
 
+// Under `layout` and `policy`; the plan's own are what it was made from (the overload below).
 inline PlanStats plan_stats(const Plan& plan, const SequenceLayout& layout, const RegionPolicy& policy) {
   PlanStats st;
   st.query_tokens = plan.num_queries();
@@ -87,6 +88,12 @@ inline PlanStats plan_stats(const Plan& plan, const SequenceLayout& layout, cons
     }
   }
   return st;
+}
+
+// Under the layout and rules the plan was made from.
+inline PlanStats plan_stats(const Plan& plan) {
+  MMATTN_REQUIRE(plan.policy, "plan_stats: the plan has no rules (its blocks were all chosen by the caller)");
+  return plan_stats(plan, plan.layout, *plan.policy);
 }
 
 }  // namespace mmattn
