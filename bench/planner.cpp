@@ -1,6 +1,7 @@
-// Plan building and plan statistics, default tiles (DefaultTiles). Planning runs once per layout,
-// before any layer, so it must stay far below one attention call: the target is < 5 ms median for
-// the structured rule. Single-threaded: the planner does not use the executor.
+// Plan building and plan statistics, default tiles (TileSizes{}, the kernels' DefaultTiles).
+// Planning runs once per layout, before any layer, so it must stay far below one attention call:
+// the target is < 5 ms median for the structured rule. Single-threaded: the planner does not use
+// the executor.
 //
 //   BM_MakePlan_Structured_{Automatic,RowStrips,Patches}, BM_MakePlan_DecoderCausal,
 //   BM_PlanStats_{Structured,DecoderCausal}
@@ -29,7 +30,6 @@
 
 #include <memory>
 
-#include "mmattn/kernel/tile_traits.hpp"
 #include "mmattn/plan_stats.hpp"
 #include "mmattn/planner.hpp"
 
@@ -53,19 +53,17 @@ constexpr index_t kCustomBand = 512;
 
 mmattn::PlanOptions options(mmattn::ImageTiling tiling = mmattn::ImageTiling::automatic) {
   mmattn::PlanOptions o;
-  o.tiles = mmattn::DefaultTiles::sizes();
   o.image_tiling = tiling;
   return o;
 }
 
 // ---- benchmarks -----------------------------------------------------------------------------------
 
-void set_plan_counters(benchmark::State& state, const mmattn::Plan& plan, const SequenceLayout& layout,
-                       const RegionPolicy& policy) {
+void set_plan_counters(benchmark::State& state, const mmattn::Plan& plan) {
   state.counters["blocks"] = benchmark::Counter(double(plan.blocks.size()));
   state.counters["query_tiles"] = benchmark::Counter(double(plan.query_tiles.size()));
-  state.counters["efficiency"] = benchmark::Counter(mmattn::plan_stats(plan, layout, policy).efficiency());
-  state.counters["tokens"] = benchmark::Counter(double(layout.size()));
+  state.counters["efficiency"] = benchmark::Counter(mmattn::plan_stats(plan).efficiency());
+  state.counters["tokens"] = benchmark::Counter(double(plan.layout.size()));
 }
 
 void run_make_plan(benchmark::State& state, const SequenceLayout& layout, const RegionPolicy& policy,
@@ -76,7 +74,7 @@ void run_make_plan(benchmark::State& state, const SequenceLayout& layout, const 
     benchmark::DoNotOptimize(plan.blocks.data());
     benchmark::ClobberMemory();
   }
-  set_plan_counters(state, mmattn::make_plan(layout, policy, opts), layout, policy);
+  set_plan_counters(state, mmattn::make_plan(layout, policy, opts));
 }
 
 void BM_MakePlan_Structured_Automatic(benchmark::State& state) {
@@ -121,10 +119,10 @@ void BM_MakePlan_CustomPredicate_BuiltinTwin(benchmark::State& state) {
 void run_plan_stats(benchmark::State& state, const SequenceLayout& layout, const RegionPolicy& policy) {
   const mmattn::Plan plan = mmattn::make_plan(layout, policy, options());
   for (auto _ : state) {
-    mmattn::PlanStats st = mmattn::plan_stats(plan, layout, policy);
+    mmattn::PlanStats st = mmattn::plan_stats(plan);
     benchmark::DoNotOptimize(st);
   }
-  set_plan_counters(state, plan, layout, policy);
+  set_plan_counters(state, plan);
 }
 
 void BM_PlanStats_Structured(benchmark::State& state) {

@@ -445,5 +445,19 @@ TEST(Planner, PlanIsReusedAcrossLayers) {
   }
 }
 
+// One default tile size: what a plan gets without options is what the kernels are built for.
+TEST(Planner, DefaultTileSizesAreTheKernelDefaults) {
+  const TileSizes plain{}, kernel = DefaultTiles::sizes();
+  EXPECT_EQ(plain.query, kernel.query);
+  EXPECT_EQ(plain.key, kernel.key);
+  EXPECT_EQ(plain.window_query, kernel.window_query);
+  SequenceLayout layout;
+  layout.add_image(4, 4).add_text(3);
+  const Plan plan = make_plan(layout, RegionPolicy::structured());
+  EXPECT_EQ(plan.tiles.query, kernel.query);
+  EXPECT_EQ(plan.tiles.key, kernel.key);
+  EXPECT_EQ(plan.tiles.window_query, kernel.window_query);
+}
+
 }  // namespace
 }  // namespace mmattn::test

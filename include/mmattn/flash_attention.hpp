@@ -25,7 +25,7 @@ struct GlobalOptions {
 inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOptions& options, TileSizes tiles) {
   MMATTN_REQUIRE(options.query_offset >= 0,
                  "query_offset must be non-negative, got " + std::to_string(options.query_offset));
-  MMATTN_REQUIRE(tiles.query > 0 && tiles.key > 0, "tile sizes must be positive");
+  tiles.validate();
   Plan plan;
   plan.tiles = tiles;
   plan.query_begin = options.query_offset;

@@ -9,7 +9,6 @@
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
 #include "mmattn/kernel/split_kv.hpp"
-#include "mmattn/kernel/tile_traits.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
 #include "mmattn/layout.hpp"
 #include "mmattn/plan_report.hpp"
@@ -24,7 +23,7 @@ template <class T = float>
 class MultimodalAttention {
  public:
   MultimodalAttention(AttentionConfig config, SequenceLayout layout, RegionPolicy policy,
-                      PlanOptions options = {DefaultTiles::sizes()},
+                      PlanOptions options = {},
                       Executor executor = Executor::default_executor())
       : config_(std::move(config)),
         layout_(std::move(layout)),
@@ -65,7 +64,7 @@ class MultimodalAttention {
   MaskPredicate predicate() const { return {&layout_, &policy_}; }
 
   // The plan's allowed / computed pairs per region pair; see plan_stats.hpp.
-  PlanStats stats() const { return plan_stats(plan_, layout_, policy_); }
+  PlanStats stats() const { return plan_stats(plan_); }
   // The readable token-structure analysis and the SVG block map; see plan_report.hpp. `threads`
   // scales the workspace line to the team that will run forward().
   std::string report(int threads = 1) const { return plan_report(plan_, layout_, policy_, config_, threads); }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "mmattn/config.hpp"
+#include "mmattn/kernel/tile_traits.hpp"
 #include "mmattn/layout.hpp"
 #include "mmattn/policy.hpp"
 #include "mmattn/token_rect.hpp"
@@ -25,16 +26,6 @@ struct QueryTile {
   index_t segment = 0;
   index_t block_begin = 0, block_end = 0;  // into Plan::blocks
   index_t computed_pairs = 0;              // queries x keys over its blocks: the tile's cost
-};
-
-struct TileSizes {
-  index_t query = 64;  // rows of a query tile
-  index_t key = 128;   // keys in a key block
-  // Rows of an image's query patch under a 2-D window (0: `query`). Smaller patches shrink the
-  // window union each query tile must visit, at the price of shorter GEMMs.
-  index_t window_query = 0;
-
-  index_t window_query_rows() const { return window_query > 0 ? std::min(window_query, query) : query; }
 };
 
 struct Plan {

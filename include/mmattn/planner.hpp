@@ -241,8 +241,7 @@ inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, 
   layout.validate();
   policy.validate(layout);
   const TileSizes tiles = options.tiles;
-  MMATTN_REQUIRE(tiles.query > 0 && tiles.key > 0, "plan: tile sizes must be positive, got " +
-                                                       std::to_string(tiles.query) + " x " + std::to_string(tiles.key));
+  tiles.validate();
   const index_t q_end = options.query_end < 0 ? layout.size() : options.query_end;
   MMATTN_REQUIRE(options.query_begin >= 0 && options.query_begin < q_end && q_end <= layout.size(),
                  "plan: query range [" + std::to_string(options.query_begin) + ", " + std::to_string(q_end) +
