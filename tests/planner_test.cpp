@@ -445,6 +445,34 @@ TEST(Planner, PlanIsReusedAcrossLayers) {
   }
 }
 
+// Blocks a caller chooses (the approximations' way) are kept as given, in order; tiles dropped by
+// truncate() take their blocks with them; finish() orders the tiles by cost.
+TEST(Planner, BuilderKeepsGivenBlocksAndOrdersTilesByCost) {
+  SequenceLayout layout;
+  layout.add_text(40);
+  PlanBuilder builder(layout, /*policy=*/nullptr, TileSizes{8, 8}, 0, 40, 40);
+  const std::vector<KeyBlock> few = {{TokenRect::span(0, 8), true, 0}};
+  const std::vector<KeyBlock> many = {{TokenRect::span(16, 8), true, 0}, {TokenRect::span(8, 4), true, 0}};
+  builder.add_query_tile_with(TokenRect::span(0, 8), 0, few);
+  builder.add_query_tile_with(TokenRect::span(8, 8), 0, many);
+  builder.add_query_tile_with(TokenRect::span(16, 8), 0, many);
+  builder.truncate(2);
+  EXPECT_EQ(builder.plan().blocks.size(), 3u);
+  builder.add_query_tile_with(TokenRect::span(16, 8), 0, {});  // sees nothing
+  const Plan plan = builder.finish();
+  ASSERT_EQ(plan.query_tiles.size(), 3u);
+  ASSERT_EQ(plan.blocks.size(), 3u);
+  EXPECT_EQ(plan.blocks[1].keys.start, 16);  // as given, not sorted
+  EXPECT_EQ(plan.blocks[2].keys.start, 8);
+  EXPECT_EQ(plan.query_tiles[0].computed_pairs, 8 * 8);
+  EXPECT_EQ(plan.query_tiles[1].computed_pairs, 8 * 12);
+  EXPECT_EQ(plan.query_tiles[2].computed_pairs, 0);
+  EXPECT_EQ(plan.tile_order, (std::vector<index_t>{1, 0, 2}));
+  EXPECT_EQ(plan.key_tokens, 40);
+  PlanBuilder no_rules(layout, /*policy=*/nullptr, TileSizes{8, 8}, 0, 40, 40);
+  EXPECT_TRUE(contains(error_message([&] { no_rules.add_query_tile(TokenRect::span(0, 8), 0); }), "without rules"));
+}
+
 // One default tile size: what a plan gets without options is what the kernels are built for.
 TEST(Planner, DefaultTileSizesAreTheKernelDefaults) {
   const TileSizes plain{}, kernel = DefaultTiles::sizes();

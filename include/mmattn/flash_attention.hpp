@@ -4,6 +4,9 @@
 // are full, the tiles crossing it are masked, and tiles above it are never visited.
 
 #include <algorithm>
+#include <memory>
+#include <string>
+#include <utility>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
@@ -20,37 +23,24 @@ struct GlobalOptions {
   index_t query_offset = 0;
 };
 
-// The block list of global attention: one text segment of keys under a dense or causal rule, with
-// the query tiles placed at query_offset (they may reach past the keys: then they see them all).
+// The block list of global attention, with the query tiles placed at query_offset (they may reach
+// past the keys: then they see them all). The keys are planned as one text segment under a dense
+// or causal rule, whatever the tokens are: statistics of this plan count every pair text->text,
+// so an image's share of a multimodal sequence needs make_plan with its layout.
 inline Plan plan_global(index_t query_tokens, index_t key_tokens, const GlobalOptions& options, TileSizes tiles) {
   MMATTN_REQUIRE(options.query_offset >= 0,
                  "query_offset must be non-negative, got " + std::to_string(options.query_offset));
-  tiles.validate();
-  Plan plan;
-  plan.tiles = tiles;
-  plan.query_begin = options.query_offset;
-  plan.query_end = detail::checked_add(options.query_offset, query_tokens, "query_offset + query tokens");
-  plan.key_tokens = key_tokens;
-  plan.policy = std::make_shared<const RegionPolicy>(options.causal ? RegionPolicy::decoder_causal()
-                                                                    : RegionPolicy::dense());
-  if (key_tokens > 0) plan.layout.add_text(key_tokens);  // no keys: tiles without blocks, rows empty
-  PairMask::TileSets sets;
-  for (index_t q0 = plan.query_begin; q0 < plan.query_end; q0 += tiles.query) {
-    const TokenRect queries = TokenRect::span(q0, std::min(tiles.query, plan.query_end - q0));
-    QueryTile tile{queries, 0, static_cast<index_t>(plan.blocks.size()), 0, 0};
-    std::vector<index_t> cuts;
-    if (options.causal) cuts.push_back(queries.first());
-    if (key_tokens > 0) {
-      const PairMask mask = plan.policy->pair(plan.layout, 0, 0);
-      mask.bind(queries, sets);
-      const index_t end = options.causal ? std::min(key_tokens, queries.last() + 1) : key_tokens;  // none above the diagonal
-      detail::add_span_blocks(sets, mask, 0, 0, end, std::move(cuts), tiles.key, plan.blocks);
-    }
-    tile.block_end = static_cast<index_t>(plan.blocks.size());
-    plan.query_tiles.push_back(tile);
-  }
-  plan.finish();
-  return plan;
+  const index_t q_begin = options.query_offset;
+  const index_t q_end = detail::checked_add(q_begin, query_tokens, "query_offset + query tokens");
+  SequenceLayout keys;
+  if (key_tokens > 0) keys.add_text(key_tokens);  // no keys: tiles without blocks, rows empty
+  PlanBuilder builder(std::move(keys),
+                      std::make_shared<const RegionPolicy>(options.causal ? RegionPolicy::decoder_causal()
+                                                                          : RegionPolicy::dense()),
+                      tiles, q_begin, q_end, key_tokens);
+  for (index_t q0 = q_begin; q0 < q_end; q0 += tiles.query)
+    builder.add_query_tile(TokenRect::span(q0, std::min(tiles.query, q_end - q0)), /*segment=*/0);
+  return builder.finish();
 }
 
 // O = softmax(scale * Q K^T [masked]) V for every head. Q/O: [query_tokens, num_heads, head_dim];

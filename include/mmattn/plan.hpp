@@ -1,7 +1,8 @@
 #pragma once
 // What a plan is made of: query tiles, and for each the key blocks worth visiting, each tagged
 // full (every pair allowed, no mask work) or partial (masked by its segment pair's rule, which the
-// plan keeps: a block names its key segment, not a copy of the rule's geometry).
+// plan keeps: a block names its key segment, not a copy of the rule's geometry). Plans are built
+// by PlanBuilder (planner.hpp), which also fills the tiles' costs and the work order.
 
 #include <algorithm>
 #include <memory>
@@ -47,23 +48,8 @@ struct Plan {
   }
   // The mask of a partial block: its tile's segment against its key segment.
   PairMask mask(const QueryTile& tile, const KeyBlock& block) const {
-    MMATTN_REQUIRE(policy, "plan: a partial block in a plan without rules (hand-built plans hold full blocks only)");
+    MMATTN_REQUIRE(policy, "plan: a partial block in a plan without rules (blocks a caller chose must be full)");
     return policy->pair(layout, tile.segment, block.key_segment);
-  }
-
-  // Call after the tiles are in: fills each tile's cost and the cost order.
-  void finish() {
-    tile_order.clear();
-    for (size_t t = 0; t < query_tiles.size(); ++t) {
-      QueryTile& tile = query_tiles[t];
-      tile.computed_pairs = 0;
-      for (index_t b = tile.block_begin; b < tile.block_end; ++b)
-        tile.computed_pairs += tile.queries.size() * blocks[static_cast<size_t>(b)].keys.size();
-      tile_order.push_back(static_cast<index_t>(t));
-    }
-    std::stable_sort(tile_order.begin(), tile_order.end(), [&](index_t a, index_t b) {
-      return query_tiles[static_cast<size_t>(a)].computed_pairs > query_tiles[static_cast<size_t>(b)].computed_pairs;
-    });
   }
 };
 

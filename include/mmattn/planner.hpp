@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mmattn/layout.hpp"
@@ -94,7 +96,9 @@ inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, i
 }
 
 // The box (frames x rows x cols of the key segment) and position bounds that hold every key some
-// query of a tile sees, from the queries' key sets.
+// query of a tile sees, from the queries' key sets. Not PairMask::TileSets' bounds: those take
+// every query (a block is full only if all of them see it), these only the queries that see a key
+// through the windows (one that sees none must not widen the box).
 struct KeyExtent {
   index_t f0, f1, r0, r1, c0, c1;  // union of the per-axis windows
   index_t lo_min, lo_max, hi_min, hi_max;  // of the position bounds
@@ -118,37 +122,89 @@ inline KeyExtent key_extent(const Segment& key, const std::vector<KeySet>& sets)
   return e;
 }
 
+}  // namespace detail
+
+// The one way a plan is built. The plan's frame comes first: the layout of its keys, the policy
+// that masks its partial blocks, tile sizes and the query range. Then query tiles, each either
+// planned from the rules (add_query_tile) or given blocks the caller chose (add_query_tile_with:
+// the approximations replace some of the rules' blocks, and pooled keys have no rules at all).
+// finish() fills every tile's cost and the order work is handed out in.
 class PlanBuilder {
  public:
   // Keys at or after key_limit are never put in a block: in chunked prefill they are not written
   // yet (check_keys_written showed none is allowed), and a masked key must not be read either.
-  PlanBuilder(const SequenceLayout& layout, const RegionPolicy& policy, Plan& plan, index_t key_limit)
-      : layout_(layout), policy_(policy), plan_(plan), key_limit_(key_limit) {}
+  // policy may be null when every block is given by the caller (and full).
+  PlanBuilder(SequenceLayout layout, std::shared_ptr<const RegionPolicy> policy, TileSizes tiles,
+              index_t query_begin, index_t query_end, index_t key_limit)
+      : key_limit_(key_limit) {
+    tiles.validate();
+    plan_.tiles = tiles;
+    plan_.query_begin = query_begin;
+    plan_.query_end = query_end;
+    plan_.key_tokens = layout.size();
+    plan_.layout = std::move(layout);
+    plan_.policy = std::move(policy);
+  }
 
+  const Plan& plan() const { return plan_; }
+
+  // A tile whose blocks are the keys the rules let some of its queries see, each classified.
   void add_query_tile(const TokenRect& queries, index_t segment) {
-    QueryTile tile{queries, segment, static_cast<index_t>(plan_.blocks.size()), 0, 0};
-    for (index_t ks = 0; ks < layout_.num_segments(); ++ks) {
-      const PairMask mask = policy_.pair(layout_, segment, ks);
+    MMATTN_REQUIRE(plan_.policy, "plan: a tile planned from the rules in a plan without rules");
+    const SequenceLayout& layout = plan_.layout;
+    const auto first_block = static_cast<index_t>(plan_.blocks.size());
+    for (index_t ks = 0; ks < layout.num_segments(); ++ks) {
+      const PairMask mask = plan_.policy->pair(layout, segment, ks);
       if (!mask.visits()) continue;
-      const Segment& key = layout_.segment(ks);
+      const Segment& key = layout.segment(ks);
       mask.bind(queries, sets_);
       if (mask.rule().custom()) {  // no arithmetic to bound it: every key, classified pair by pair
-        add_span_blocks(sets_, mask, ks, key.start, std::min(key.end(), key_limit_), {}, plan_.tiles.key,
-                        plan_.blocks);
+        detail::add_span_blocks(sets_, mask, ks, key.start, std::min(key.end(), key_limit_), {}, plan_.tiles.key,
+                                plan_.blocks);
         continue;
       }
-      add_blocks(mask, ks, key_extent(key, sets_.sets));
+      add_blocks(mask, ks, detail::key_extent(key, sets_.sets));
     }
-    tile.block_end = static_cast<index_t>(plan_.blocks.size());
-    plan_.query_tiles.push_back(tile);
+    plan_.query_tiles.push_back({queries, segment, first_block, static_cast<index_t>(plan_.blocks.size()), 0});
+  }
+
+  // A tile whose blocks the caller chose, visited in the given order.
+  void add_query_tile_with(const TokenRect& queries, index_t segment, const std::vector<KeyBlock>& blocks) {
+    const auto first_block = static_cast<index_t>(plan_.blocks.size());
+    plan_.blocks.insert(plan_.blocks.end(), blocks.begin(), blocks.end());
+    plan_.query_tiles.push_back({queries, segment, first_block, static_cast<index_t>(plan_.blocks.size()), 0});
+  }
+
+  // Drops every tile after the first `tiles` and their blocks (make_plan tries two tilings).
+  void truncate(size_t tiles) {
+    if (tiles >= plan_.query_tiles.size()) return;
+    plan_.blocks.resize(static_cast<size_t>(plan_.query_tiles[tiles].block_begin));
+    plan_.query_tiles.resize(tiles);
+  }
+
+  // Each tile's cost and the cost order; the builder is spent.
+  Plan finish() {
+    Plan& p = plan_;
+    p.tile_order.clear();
+    for (size_t t = 0; t < p.query_tiles.size(); ++t) {
+      QueryTile& tile = p.query_tiles[t];
+      tile.computed_pairs = 0;
+      for (index_t b = tile.block_begin; b < tile.block_end; ++b)
+        tile.computed_pairs += tile.queries.size() * p.blocks[static_cast<size_t>(b)].keys.size();
+      p.tile_order.push_back(static_cast<index_t>(t));
+    }
+    std::stable_sort(p.tile_order.begin(), p.tile_order.end(), [&](index_t a, index_t b) {
+      return p.query_tiles[static_cast<size_t>(a)].computed_pairs > p.query_tiles[static_cast<size_t>(b)].computed_pairs;
+    });
+    return std::move(plan_);
   }
 
  private:
-  void add_blocks(const PairMask& mask, index_t ks, const KeyExtent& e) {
+  void add_blocks(const PairMask& mask, index_t ks, const detail::KeyExtent& e) {
     const Segment& key = mask.key();
     // Sinks are a prefix of the segment: their own run; the windows' box starts after them.
     const index_t sink_end = std::min(std::max(e.sink_max, key.start), key_limit_);
-    if (sink_end > key.start) add_span_blocks(sets_, mask, ks, key.start, sink_end, {}, plan_.tiles.key, plan_.blocks);
+    if (sink_end > key.start) detail::add_span_blocks(sets_, mask, ks, key.start, sink_end, {}, plan_.tiles.key, plan_.blocks);
     if (!e.any) return;
     // The box's positions, clipped by the position bounds.
     const index_t box_first = std::max({e.lo_min, key.position(e.f0, e.r0, e.c0), sink_end});
@@ -159,7 +215,7 @@ class PlanBuilder {
       std::vector<index_t> cuts;
       if (e.lo_min < e.lo_max) cuts.push_back(e.lo_max);
       if (e.hi_min < e.hi_max) cuts.push_back(e.hi_min - 1);
-      add_span_blocks(sets_, mask, ks, box_first, box_end, std::move(cuts), plan_.tiles.key, plan_.blocks);
+      detail::add_span_blocks(sets_, mask, ks, box_first, box_end, std::move(cuts), plan_.tiles.key, plan_.blocks);
       return;
     }
     // A window: per frame, the rows x cols box cut into rects of at most tiles.key keys.
@@ -187,7 +243,7 @@ class PlanBuilder {
       for (index_t c0 = c_lo; c0 < c_hi; c0 += cols_even) {
         const index_t r1 = std::min(r0 + rows_even, r_hi), c1 = std::min(c0 + cols_even, c_hi);
         pieces_.clear();
-        clip_rect({key.position(frame, r0, c0), key.cols, r1 - r0, c1 - c0}, lo, key_limit_, pieces_);
+        detail::clip_rect({key.position(frame, r0, c0), key.cols, r1 - r0, c1 - c0}, lo, key_limit_, pieces_);
         for (const TokenRect& keys : pieces_) {
           const BlockCoverage c = mask.classify(sets_, keys);
           if (c != BlockCoverage::empty) plan_.blocks.push_back({keys, c == BlockCoverage::full, ks});
@@ -196,13 +252,13 @@ class PlanBuilder {
     }
   }
 
-  const SequenceLayout& layout_;
-  const RegionPolicy& policy_;
-  Plan& plan_;
+  Plan plan_;
   index_t key_limit_;
   PairMask::TileSets sets_;  // of the tile and key segment being planned
   std::vector<TokenRect> pieces_;
 };
+
+namespace detail {
 
 inline index_t computed_pairs(const Plan& plan, size_t first_tile) {
   index_t n = 0;
@@ -240,28 +296,21 @@ inline void check_keys_written(const SequenceLayout& layout, const RegionPolicy&
 inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, const PlanOptions& options = {}) {
   layout.validate();
   policy.validate(layout);
-  const TileSizes tiles = options.tiles;
-  tiles.validate();
-  const index_t q_end = options.query_end < 0 ? layout.size() : options.query_end;
-  MMATTN_REQUIRE(options.query_begin >= 0 && options.query_begin < q_end && q_end <= layout.size(),
-                 "plan: query range [" + std::to_string(options.query_begin) + ", " + std::to_string(q_end) +
+  const TileSizes tiles = options.tiles;  // checked by the builder
+  const index_t q_begin = options.query_begin, q_end = options.query_end < 0 ? layout.size() : options.query_end;
+  MMATTN_REQUIRE(q_begin >= 0 && q_begin < q_end && q_end <= layout.size(),
+                 "plan: query range [" + std::to_string(q_begin) + ", " + std::to_string(q_end) +
                      ") must be a non-empty part of [0, " + std::to_string(layout.size()) + ")");
-  if (!options.all_keys_present) detail::check_keys_written(layout, policy, options.query_begin, q_end);
-  Plan plan;
-  plan.tiles = tiles;
-  plan.query_begin = options.query_begin;
-  plan.query_end = q_end;
-  plan.key_tokens = layout.size();
-  plan.layout = layout;
-  plan.policy = std::make_shared<const RegionPolicy>(policy);
-  detail::PlanBuilder builder(layout, policy, plan, options.all_keys_present ? layout.size() : q_end);
+  if (!options.all_keys_present) detail::check_keys_written(layout, policy, q_begin, q_end);
+  PlanBuilder builder(layout, std::make_shared<const RegionPolicy>(policy), tiles, q_begin, q_end,
+                      options.all_keys_present ? layout.size() : q_end);
   std::vector<TokenRect> rects;
 
   for (index_t s = 0; s < layout.num_segments(); ++s) {
     const Segment& seg = layout.segment(s);
-    if (seg.end() <= plan.query_begin || seg.start >= plan.query_end) continue;
+    if (seg.end() <= q_begin || seg.start >= q_end) continue;
     if (seg.is_text()) {
-      const index_t a = std::max(seg.start, plan.query_begin), b = std::min(seg.end(), plan.query_end);
+      const index_t a = std::max(seg.start, q_begin), b = std::min(seg.end(), q_end);
       for (index_t q0 = a; q0 < b; q0 += tiles.query)
         builder.add_query_tile(TokenRect::span(q0, std::min(tiles.query, b - q0)), s);
       continue;
@@ -278,7 +327,7 @@ inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, 
           for (index_t c0 = 0; c0 < seg.cols; c0 += shape.cols)
             detail::clip_rect({seg.start + f * seg.frame_size() + r0 * seg.cols + c0, seg.cols,
                                std::min(shape.rows, grid_rows - r0), std::min(shape.cols, seg.cols - c0)},
-                              plan.query_begin, plan.query_end, rects);
+                              q_begin, q_end, rects);
       for (const TokenRect& r : rects) builder.add_query_tile(r, s);
     };
     ImageTiling tiling = options.image_tiling;
@@ -287,21 +336,19 @@ inline Plan make_plan(const SequenceLayout& layout, const RegionPolicy& policy, 
       tiling = ImageTiling::row_strips;
       const Rule& own = policy.rule_for(layout, s, s);
       if (own.get<Window2D>() || own.get<Window3D>()) {
-        const size_t tiles_before = plan.query_tiles.size(), blocks_before = plan.blocks.size();
+        const size_t tiles_before = builder.plan().query_tiles.size();
         index_t cost[2] = {0, 0};
         for (int i = 0; i < 2; ++i) {
           add_grid_tiles(i == 0 ? ImageTiling::row_strips : ImageTiling::patches);
-          cost[i] = detail::computed_pairs(plan, tiles_before);
-          plan.query_tiles.resize(tiles_before);
-          plan.blocks.resize(blocks_before);
+          cost[i] = detail::computed_pairs(builder.plan(), tiles_before);
+          builder.truncate(tiles_before);
         }
         if (cost[1] < cost[0]) tiling = ImageTiling::patches;
       }
     }
     add_grid_tiles(tiling);
   }
-  plan.finish();
-  return plan;
+  return builder.finish();
 }
 
 // Cut points e_1 < e_2 < ... = layout.size() for chunked prefill in which every chunk

@@ -14,6 +14,7 @@
 // weighs exactly. So the text rows see p^2 copies of each average, and with p = 1 every part is
 // exact and the result equals exact attention (to fp32 rounding).
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -136,25 +137,32 @@ inline void add_rect_blocks(const std::vector<TokenRect>& rects, index_t cap, st
       for (index_t c0 = 0; c0 < r.cols; c0 += cols) {
         const TokenRect keys{r.start + r0 * r.pitch + c0, r.rows == 1 ? std::min(cols, r.cols - c0) : r.pitch,
                              std::min(rows_per, r.rows - r0), std::min(cols, r.cols - c0)};
-        blocks.push_back({keys, /*full=*/true, /*key_segment=*/0});
+        blocks.push_back({keys, /*full=*/true, /*key_segment=*/0});  // full: no rule is ever asked
       }
   }
 }
 
-// Does every query of text segment `text` see every key of image segment `image` (true) or none
-// (false)? Pooling replaces whole images, so a rule that lets a text segment see part of an image
-// is refused.
-inline bool text_sees_image(const SequenceLayout& layout, const RegionPolicy& policy, index_t text, index_t image) {
-  const Segment& t = layout.segment(text);
-  const Segment& i = layout.segment(image);
-  const BlockCoverage c =
-      policy.pair(layout, text, image).classify(TokenRect::span(t.start, t.length), TokenRect::span(i.start, i.length));
-  MMATTN_REQUIRE(c != BlockCoverage::partial, "pooled cross: the text->image rule (" +
-                                                  policy.rule_for(layout, text, image).name() +
-                                                  ") lets text segment " + std::to_string(text) +
-                                                  " see part of image segment " + std::to_string(image) +
-                                                  "; pooling needs all of an image or none");
-  return c == BlockCoverage::full;
+// Per layout segment, the image segments a text segment sees, each whole (empty for images).
+// Pooling replaces whole images, so a rule that lets a text segment see part of an image is refused.
+inline std::vector<std::vector<index_t>> images_seen_by_text(const SequenceLayout& layout, const RegionPolicy& policy) {
+  std::vector<std::vector<index_t>> seen(static_cast<size_t>(layout.num_segments()));
+  for (index_t text = 0; text < layout.num_segments(); ++text) {
+    const Segment& t = layout.segment(text);
+    if (!t.is_text()) continue;
+    for (index_t image = 0; image < layout.num_segments(); ++image) {
+      const Segment& i = layout.segment(image);
+      if (!i.is_image()) continue;
+      const BlockCoverage c = policy.pair(layout, text, image)
+                                  .classify(TokenRect::span(t.start, t.length), TokenRect::span(i.start, i.length));
+      MMATTN_REQUIRE(c != BlockCoverage::partial, "pooled cross: the text->image rule (" +
+                                                      policy.rule_for(layout, text, image).name() +
+                                                      ") lets text segment " + std::to_string(text) +
+                                                      " see part of image segment " + std::to_string(image) +
+                                                      "; pooling needs all of an image or none");
+      if (c == BlockCoverage::full) seen[static_cast<size_t>(text)].push_back(image);
+    }
+  }
+  return seen;
 }
 
 }  // namespace detail
@@ -173,19 +181,22 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
     index_t text_segment = 0;  // into layout().segments()
     index_t text_offset = 0;   // the segment's first row among all text rows
     index_t size_class = 0;    // into cell_counts()
-    Plan plan;                 // queries: the segment's positions; keys: pooled positions
+    // Queries: the segment's positions (tiles name the segment of layout()); keys: positions of
+    // pooled_images(), the plan's layout. Every block is full: the plan has no rules.
+    Plan plan;
   };
 
   // `policy` is the exact rule the approximation starts from (e.g. RegionPolicy::structured()):
   // image queries and text->text keep it; its text->image rule (none, full or causal) says which
   // images' pooled tokens each text segment sees. The plans cover every query (no query range).
   PooledCrossAttention(AttentionConfig config, SequenceLayout layout, RegionPolicy policy,
-                       PooledCrossOptions pooled = {}, PlanOptions options = {DefaultTiles::sizes()},
+                       PooledCrossOptions pooled = {}, PlanOptions options = {},
                        Executor executor = Executor::default_executor())
       : CrossApproximation("pooled cross", std::move(config), std::move(layout), std::move(policy), pooled,
                            std::move(executor)) {
     MMATTN_REQUIRE(options_.pool >= 1, "pooled cross: pool must be >= 1, got " + std::to_string(options_.pool));
     require_whole_sequence(options);
+    seen_images_ = detail::images_seen_by_text(layout_, policy_);
     exact_policy_ = policy_;
     exact_policy_.set(Region::across(SegmentKind::text, SegmentKind::image), Rule::none());
     for (index_t t = 0; t < layout_.num_segments(); ++t)  // overrides win over the table: switch them off too
@@ -276,10 +287,9 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
       const Segment& seg = layout_.segment(tile.segment);
       if (!seg.is_text()) continue;
       UncoveredKeys::Entry e{-1, tile.queries, {}, Uncovered::approximated};
-      for (index_t s = 0; s < layout_.num_segments(); ++s) {
+      for (const index_t s : seen_images_[static_cast<size_t>(tile.segment)]) {
         const Segment& image = layout_.segment(s);
-        if (image.is_image() && detail::text_sees_image(layout_, policy_, tile.segment, s))
-          e.keys.push_back(TokenRect::span(image.start, image.length));
+        e.keys.push_back(TokenRect::span(image.start, image.length));
       }
       if (!e.keys.empty()) u.entries.push_back(std::move(e));
     }
@@ -295,7 +305,7 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
 
   // Pairs the kernels compute: part A's blocks plus every pooled part's.
   index_t computed_pairs() const {
-    index_t n = plan_stats(exact_plan_, layout_, exact_policy_).computed_pairs();
+    index_t n = plan_stats(exact_plan_).computed_pairs();
     for (const PooledPart& part : parts_)
       for (const QueryTile& t : part.plan.query_tiles) n += t.computed_pairs;
     return n;
@@ -312,51 +322,41 @@ class PooledCrossAttention : public detail::CrossApproximation<PooledCrossOption
 
  private:
   void build_pooled_parts(PoolShape shape, TileSizes tiles) {
-    // The rects of every image, and the distinct cell sizes among them.
-    std::vector<std::vector<PooledRect>> rects;
-    for (const Segment& s : layout_.segments()) {
-      if (!s.is_image()) continue;
-      rects.push_back(pooled_rects(s, pooled_.segment(static_cast<index_t>(rects.size())), shape));
-      for (const PooledRect& r : rects.back())
-        if (std::find(counts_.begin(), counts_.end(), r.count) == counts_.end()) counts_.push_back(r.count);
+    // The rects of every image (by layout segment), and the distinct cell sizes among them.
+    std::vector<std::vector<PooledRect>> rects(static_cast<size_t>(layout_.num_segments()));
+    index_t image = 0;
+    for (index_t s = 0; s < layout_.num_segments(); ++s) {
+      if (!layout_.segment(s).is_image()) continue;
+      std::vector<PooledRect>& r = rects[static_cast<size_t>(s)];
+      r = pooled_rects(layout_.segment(s), pooled_.segment(image++), shape);
+      for (const PooledRect& cell : r)
+        if (std::find(counts_.begin(), counts_.end(), cell.count) == counts_.end()) counts_.push_back(cell.count);
     }
     std::sort(counts_.begin(), counts_.end(), std::greater<>());
     index_t text_offset = 0;
     std::vector<TokenRect> keys;
+    std::vector<KeyBlock> blocks;
     for (index_t s = 0; s < layout_.num_segments(); ++s) {
       const Segment& seg = layout_.segment(s);
       if (seg.is_image()) continue;
       for (size_t c = 0; c < counts_.size(); ++c) {
         keys.clear();
-        index_t image = 0;
-        for (index_t is = 0; is < layout_.num_segments(); ++is) {
-          if (!layout_.segment(is).is_image()) continue;
-          if (detail::text_sees_image(layout_, policy_, s, is))
-            for (const PooledRect& r : rects[static_cast<size_t>(image)])
-              if (r.count == counts_[c]) keys.push_back(r.cells);
-          ++image;
-        }
+        for (const index_t i : seen_images_[static_cast<size_t>(s)])
+          for (const PooledRect& r : rects[static_cast<size_t>(i)])
+            if (r.count == counts_[c]) keys.push_back(r.cells);
         if (keys.empty()) continue;
-        PooledPart part{s, text_offset, static_cast<index_t>(c), {}};
-        Plan& plan = part.plan;
-        plan.tiles = tiles;
-        plan.query_begin = seg.start;
-        plan.query_end = seg.end();
-        plan.key_tokens = pooled_.size();
-        for (index_t q0 = seg.start; q0 < seg.end(); q0 += tiles.query) {
-          QueryTile tile{TokenRect::span(q0, std::min(tiles.query, seg.end() - q0)), s,
-                         static_cast<index_t>(plan.blocks.size()), 0, 0};
-          detail::add_rect_blocks(keys, tiles.key, plan.blocks);
-          tile.block_end = static_cast<index_t>(plan.blocks.size());
-          plan.query_tiles.push_back(tile);
-        }
-        plan.finish();
-        parts_.push_back(std::move(part));
+        blocks.clear();
+        detail::add_rect_blocks(keys, tiles.key, blocks);  // every query tile of the segment sees these
+        PlanBuilder builder(pooled_, /*policy=*/nullptr, tiles, seg.start, seg.end(), pooled_.size());
+        for (index_t q0 = seg.start; q0 < seg.end(); q0 += tiles.query)
+          builder.add_query_tile_with(TokenRect::span(q0, std::min(tiles.query, seg.end() - q0)), s, blocks);
+        parts_.push_back({s, text_offset, static_cast<index_t>(c), builder.finish()});
       }
       text_offset += seg.length;
     }
   }
 
+  std::vector<std::vector<index_t>> seen_images_;  // per layout segment, images_seen_by_text
   RegionPolicy exact_policy_;
   Plan exact_plan_;
   SequenceLayout pooled_;

@@ -9,8 +9,8 @@
 // by the kept patches, run by the one tiled kernel (attend_tile). With top_k >= the tiles of an
 // image every key is kept and the result is exact attention (to fp32 rounding).
 
+#include <Eigen/Core>
 #include <algorithm>
-#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,7 +20,7 @@
 #include "mmattn/approx/uncovered_keys.hpp"
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
-#include "mmattn/kernel/tile_traits.hpp"
+#include "mmattn/kernel/convert.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
 #include "mmattn/layout.hpp"
 #include "mmattn/planner.hpp"
@@ -58,7 +58,7 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
   // `policy`: the exact rule the approximation starts from (e.g. RegionPolicy::structured()).
   // The plans cover every query (no query range).
   SparseCrossAttention(AttentionConfig config, SequenceLayout layout, RegionPolicy policy,
-                       SparseCrossOptions sparse = {}, PlanOptions options = {DefaultTiles::sizes()},
+                       SparseCrossOptions sparse = {}, PlanOptions options = {},
                        Executor executor = Executor::default_executor())
       : CrossApproximation("sparse cross", std::move(config), std::move(layout), std::move(policy), sparse,
                            std::move(executor)) {
@@ -151,34 +151,27 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
     return sel;
   }
 
-  // The exact plan with each text tile's text->image blocks replaced by its kept key tiles.
+  // The exact plan with each text tile's text->image blocks replaced by its kept key tiles. It keeps
+  // the exact plan's layout and rules: the blocks of image queries stay partial where they were.
   Plan head_plan(const SparseSelection& sel, index_t head) const {
-    Plan p;
-    p.tiles = plan_.tiles;
-    p.query_begin = plan_.query_begin;
-    p.query_end = plan_.query_end;
-    p.key_tokens = plan_.key_tokens;
-    p.layout = plan_.layout;  // kept blocks of image queries stay partial: their mask needs the rules
-    p.policy = plan_.policy;
-    p.blocks.reserve(plan_.blocks.size());
+    PlanBuilder builder(plan_.layout, plan_.policy, plan_.tiles, plan_.query_begin, plan_.query_end, plan_.key_tokens);
+    std::vector<KeyBlock> blocks;
     for (size_t t = 0; t < plan_.query_tiles.size(); ++t) {
-      QueryTile tile = plan_.query_tiles[t];
+      const QueryTile& tile = plan_.query_tiles[t];
       const index_t ti = text_tile_index_[t];
-      tile.block_begin = static_cast<index_t>(p.blocks.size());
-      for (index_t b = plan_.query_tiles[t].block_begin; b < plan_.query_tiles[t].block_end; ++b) {
+      blocks.clear();
+      for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
         const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
-        if (ti < 0 || !layout_.segment(block.key_segment).is_image()) p.blocks.push_back(block);
+        if (ti < 0 || !layout_.segment(block.key_segment).is_image()) blocks.push_back(block);
       }
       if (ti >= 0)
         for (index_t j = 0; j < sel.key_tiles; ++j)
           if (sel.is_kept(ti, head, j))
-            p.blocks.push_back({key_tiles_[static_cast<size_t>(j)].keys, /*full=*/true,
-                                 layout_.segment_index(key_tiles_[static_cast<size_t>(j)].keys.first())});
-      tile.block_end = static_cast<index_t>(p.blocks.size());
-      p.query_tiles.push_back(tile);
+            blocks.push_back({key_tiles_[static_cast<size_t>(j)].keys, /*full=*/true,
+                              layout_.segment_index(key_tiles_[static_cast<size_t>(j)].keys.first())});
+      builder.add_query_tile_with(tile.queries, tile.segment, blocks);
     }
-    p.finish();
-    return p;
+    return builder.finish();
   }
 
   std::vector<Plan> head_plans(const SparseSelection& sel) const {
