@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <iterator>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -20,15 +22,36 @@ AdvisorOptions serial_options() {
   return o;
 }
 
+// The recommended row is strategy s (pooled: with pool p).
+::testing::AssertionResult recommends(const Advice& a, AdvisorStrategy s, index_t pool = 0) {
+  const AdvisorRow& r = a.recommendation();
+  if (r.strategy == s && r.pool == pool) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "recommended " << r.label;
+}
+
+TEST(Advisor, EveryStrategyHasItsOwnName) {
+  const AdvisorStrategy all[] = {AdvisorStrategy::dense,      AdvisorStrategy::causal, AdvisorStrategy::windowed,
+                                 AdvisorStrategy::structured, AdvisorStrategy::pooled, AdvisorStrategy::sparse};
+  std::set<std::string> names;
+  for (const AdvisorStrategy s : all) {
+    EXPECT_STRNE(name(s), "?");
+    names.insert(name(s));
+  }
+  EXPECT_EQ(names.size(), std::size(all));
+}
+
 TEST(Advisor, ChecklistPicks) {
   const AttentionConfig cfg = make_config(4, 2, 16);
   const AdvisorOptions o = serial_options();
-  EXPECT_EQ(advise(SequenceLayout::images_then_text(1, 16, 16, 64), cfg, o).recommended, "causal");  // 256 tokens
-  EXPECT_EQ(advise(SequenceLayout::images_then_text(2, 16, 16, 64), cfg, o).recommended, "causal");  // 512: not above
-  EXPECT_EQ(advise(SequenceLayout::images_then_text(1, 24, 24, 64), cfg, o).recommended, "windowed");  // 576
-  EXPECT_EQ(advise(SequenceLayout::images_then_text(3, 8, 8, 64), cfg, o).recommended, "structured");  // 3 images
+  auto advise_images = [&](index_t images, index_t side) {
+    return advise(SequenceLayout::images_then_text(images, side, side, 64), cfg, o);
+  };
+  EXPECT_TRUE(recommends(advise_images(1, 16), AdvisorStrategy::causal));      // 256 image tokens
+  EXPECT_TRUE(recommends(advise_images(2, 16), AdvisorStrategy::causal));      // 512: not above
+  EXPECT_TRUE(recommends(advise_images(1, 24), AdvisorStrategy::windowed));    // 576
+  EXPECT_TRUE(recommends(advise_images(3, 8), AdvisorStrategy::structured));  // 3 images
   const Advice many = advise(SequenceLayout::images_then_text(4, 16, 16, 64), cfg, o);
-  EXPECT_EQ(many.recommended, "structured");
+  EXPECT_TRUE(recommends(many, AdvisorStrategy::structured));
   ASSERT_EQ(many.reasons.size(), 2u);  // both steps apply; the later one wins
   EXPECT_TRUE(contains(many.reasons[0], "1024 image tokens > 512"));
   EXPECT_TRUE(contains(many.reasons[1], "4 images > 2"));
@@ -43,39 +66,39 @@ TEST(Advisor, MemoryBudgetPicksTheLeastPoolingThatFits) {
   const double mib = 1024.0 * 1024.0, token = 32 * 128 * 2 * 2;
 
   Advice a = advise(layout, cfg, o);
-  EXPECT_EQ(a.recommended, "structured");
-  ASSERT_NE(a.row("pooled p=2"), nullptr);
-  EXPECT_DOUBLE_EQ(a.row("structured")->kv_bytes, 8704 * token);
-  EXPECT_DOUBLE_EQ(a.row("pooled p=2")->kv_bytes, (512 + 2048) * token);
-  EXPECT_DOUBLE_EQ(a.row("pooled p=4")->kv_bytes, (512 + 512) * token);
-  EXPECT_DOUBLE_EQ(a.row("sparse top-1")->kv_bytes, 8704 * token);
+  EXPECT_TRUE(recommends(a, AdvisorStrategy::structured));
+  ASSERT_NE(a.row(AdvisorStrategy::pooled, 2), nullptr);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::structured)->kv_bytes, 8704 * token);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::pooled, 2)->kv_bytes, (512 + 2048) * token);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::pooled, 4)->kv_bytes, (512 + 512) * token);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::sparse)->kv_bytes, 8704 * token);
 
   o.memory_budget_bytes = 100 * mib;
   a = advise(layout, cfg, o);
-  EXPECT_EQ(a.recommended, "pooled p=2");
-  EXPECT_FALSE(a.row("structured")->fits_budget);
-  EXPECT_TRUE(a.row("pooled p=2")->fits_budget);
+  EXPECT_TRUE(recommends(a, AdvisorStrategy::pooled, 2));
+  EXPECT_FALSE(a.row(AdvisorStrategy::structured)->fits_budget);
+  EXPECT_TRUE(a.row(AdvisorStrategy::pooled, 2)->fits_budget);
   EXPECT_TRUE(contains(a.reasons.back(), "> budget 100.0 MiB")) << a.reasons.back();
   EXPECT_TRUE(contains(a.table, "(over)"));
 
   o.memory_budget_bytes = 20 * mib;
-  EXPECT_EQ(advise(layout, cfg, o).recommended, "pooled p=4");
+  EXPECT_TRUE(recommends(advise(layout, cfg, o), AdvisorStrategy::pooled, 4));
   o.memory_budget_bytes = 1 * mib;
   a = advise(layout, cfg, o);
-  EXPECT_EQ(a.recommended, "pooled p=4");
+  EXPECT_TRUE(recommends(a, AdvisorStrategy::pooled, 4));
   EXPECT_TRUE(contains(a.reasons.back(), "still over budget"));
 
   // Plan statistics: the sparse and pooled candidates compute fewer pairs than structured, which
   // computes far fewer than dense (N^2).
-  const double dense = a.row("dense")->computed_pairs;
+  const double dense = a.row(AdvisorStrategy::dense)->computed_pairs;
   EXPECT_DOUBLE_EQ(dense, 8704.0 * 8704.0);
-  EXPECT_DOUBLE_EQ(a.row("dense")->dense_fraction, 1.0);
-  EXPECT_LT(a.row("causal")->computed_pairs, 0.52 * dense);
-  EXPECT_LT(a.row("structured")->computed_pairs, 0.1 * dense);
-  EXPECT_LT(a.row("pooled p=2")->computed_pairs, a.row("structured")->computed_pairs);
-  EXPECT_LT(a.row("pooled p=4")->computed_pairs, a.row("pooled p=2")->computed_pairs);
-  EXPECT_LT(a.row("sparse top-1")->computed_pairs, a.row("structured")->computed_pairs);
-  EXPECT_FALSE(a.row("sparse top-1")->measured);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::dense)->dense_fraction, 1.0);
+  EXPECT_LT(a.row(AdvisorStrategy::causal)->computed_pairs, 0.52 * dense);
+  EXPECT_LT(a.row(AdvisorStrategy::structured)->computed_pairs, 0.1 * dense);
+  EXPECT_LT(a.row(AdvisorStrategy::pooled, 2)->computed_pairs, a.row(AdvisorStrategy::structured)->computed_pairs);
+  EXPECT_LT(a.row(AdvisorStrategy::pooled, 4)->computed_pairs, a.row(AdvisorStrategy::pooled, 2)->computed_pairs);
+  EXPECT_LT(a.row(AdvisorStrategy::sparse)->computed_pairs, a.row(AdvisorStrategy::structured)->computed_pairs);
+  EXPECT_FALSE(a.row(AdvisorStrategy::sparse)->measured);
   EXPECT_TRUE(contains(a.table, "| strategy"));
   EXPECT_TRUE(contains(a.table, "pooled p=4 *"));
 }
@@ -90,14 +113,14 @@ TEST(Advisor, MeasuredRunStatesEveryError) {
   o.check_rows = 4;
   const Buffers b = make_qkv(cfg, layout.size(), layout.size(), 17);
   const Advice a = advise(layout, cfg, o, b.q.cview(), b.k.cview(), b.v.cview());
-  EXPECT_EQ(a.recommended, "structured");
+  EXPECT_TRUE(recommends(a, AdvisorStrategy::structured));
   ASSERT_EQ(a.rows.size(), 7u);
   for (const AdvisorRow& r : a.rows) {
-    SCOPED_TRACE(r.strategy);
+    SCOPED_TRACE(r.label);
     EXPECT_TRUE(r.measured);
     EXPECT_GT(r.latency_ms, 0.0);
     EXPECT_GT(r.speedup_vs_dense, 0.0);
-    if (r.strategy == "pooled p=1") {  // exact, measured as an approximation of structured
+    if (r.strategy == AdvisorStrategy::pooled && r.pool == 1) {  // exact, measured as an approximation of structured
       EXPECT_TRUE(r.exact);
       EXPECT_LE(r.error.total_rel_l2, 1e-5);
     } else if (r.exact) {
@@ -109,10 +132,10 @@ TEST(Advisor, MeasuredRunStatesEveryError) {
       EXPECT_EQ(r.error.image_rel_l2, 0.0);  // image rows keep their exact window
     }
   }
-  EXPECT_DOUBLE_EQ(a.row("dense")->speedup_vs_dense, 1.0);
-  EXPECT_DOUBLE_EQ(a.row("structured")->speedup_vs_structured, 1.0);
-  EXPECT_GT(a.row("sparse top-1")->error.dropped_mass_max, 0.0);
-  EXPECT_GT(a.row("pooled p=2")->error.approximated_mass_max, 0.0);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::dense)->speedup_vs_dense, 1.0);
+  EXPECT_DOUBLE_EQ(a.row(AdvisorStrategy::structured)->speedup_vs_structured, 1.0);
+  EXPECT_GT(a.row(AdvisorStrategy::sparse)->error.dropped_mass_max, 0.0);
+  EXPECT_GT(a.row(AdvisorStrategy::pooled, 2)->error.approximated_mass_max, 0.0);
   EXPECT_TRUE(contains(a.table, "dropped "));
   EXPECT_TRUE(contains(a.table, "pooled "));
   EXPECT_TRUE(contains(a.table, "(ref)"));

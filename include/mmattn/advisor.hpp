@@ -45,19 +45,43 @@ struct AdvisorOptions {
   Window2D window = Window2D::sliding(7, 7);  // the image window of `windowed` and `structured`
   std::vector<index_t> pools = {2, 4};        // pooled candidates
   approx::SparseCrossOptions sparse{};        // the sparse candidate
-  TileSizes tiles = DefaultTiles::sizes();
+  TileSizes tiles{};
   int runs = 3;              // timed calls per candidate at most; the latency is their median ...
   double time_budget_s = 5;  // ... of as many as fit in this many seconds (at least one)
   index_t check_rows = 3;    // rows of each exact candidate checked against the reference
   Executor executor = Executor::default_executor();
 };
 
+// The candidates the advisor compares.
+enum class AdvisorStrategy : unsigned char {
+  dense,       // every pair (the global kernel)
+  causal,      // every pair causal by position (the global kernel)
+  windowed,    // images: a 2-D window of themselves; every other pair causal
+  structured,  // images: own window; text: every image and earlier text
+  pooled,      // structured, text sees images pooled p x p (exact only for p = 1)
+  sparse,      // structured, text sees the top-k patch tiles of each image per head (approximate)
+};
+
+inline const char* name(AdvisorStrategy s) {
+  switch (s) {
+    case AdvisorStrategy::dense: return "dense";
+    case AdvisorStrategy::causal: return "causal";
+    case AdvisorStrategy::windowed: return "windowed";
+    case AdvisorStrategy::structured: return "structured";
+    case AdvisorStrategy::pooled: return "pooled";
+    case AdvisorStrategy::sparse: return "sparse";
+  }
+  return "?";
+}
+
 // The checklist's thresholds.
 inline constexpr index_t kAdvisorWindowAboveImageTokens = 512;
 inline constexpr index_t kAdvisorSplitAboveImages = 2;
 
 struct AdvisorRow {
-  std::string strategy;  // "dense", "causal", "windowed", "structured", "pooled p=2", "sparse top-1"
+  AdvisorStrategy strategy = AdvisorStrategy::dense;
+  index_t pool = 0;   // pooled: p; 0 for the others
+  std::string label;  // for people: the name with its parameter ("causal", "pooled p=2", "sparse top-1")
   bool exact = true;
   std::string what;               // the mask or approximation, in words
   double computed_pairs = 0;      // (query, key) pairs the kernels compute per head (sparse: mean)
@@ -75,15 +99,17 @@ struct AdvisorRow {
 };
 
 struct Advice {
-  std::string recommended;           // one of the rows' names
+  size_t recommended = 0;            // into rows
   std::vector<std::string> reasons;  // the checklist steps that led there
   std::vector<AdvisorRow> rows;
   std::string table;  // markdown: strategy | exact? | pairs | latency | speedups | memory | errors
   std::string report;  // the workload, the recommendation with its reasons, the table and a legend
 
-  const AdvisorRow* row(const std::string& name) const {
+  const AdvisorRow& recommendation() const { return rows[recommended]; }
+  // The row of strategy s (pooled: of pool p), or null.
+  const AdvisorRow* row(AdvisorStrategy s, index_t pool = 0) const {
     for (const AdvisorRow& r : rows)
-      if (r.strategy == name) return &r;
+      if (r.strategy == s && r.pool == pool) return &r;
     return nullptr;
   }
 };
@@ -198,10 +224,11 @@ inline std::vector<AdvisorCandidate> advisor_candidates(const SequenceLayout& la
     out.push_back(std::move(c));
   };
 
-  // dense and causal: the global kernel's plan (128-key spans straight across segments).
+  // dense and causal: the global kernel's plan (key spans straight across segments).
   for (const bool causal : {false, true}) {
     AdvisorCandidate c;
-    c.row.strategy = causal ? "causal" : "dense";
+    c.row.strategy = causal ? AdvisorStrategy::causal : AdvisorStrategy::dense;
+    c.row.label = name(c.row.strategy);
     c.row.what = causal ? "every pair causal by position" : "every pair";
     c.policy = causal ? RegionPolicy::decoder_causal() : RegionPolicy::dense();
     GlobalOptions g;
@@ -212,7 +239,7 @@ inline std::vector<AdvisorCandidate> advisor_candidates(const SequenceLayout& la
       validate_attention(cfg, q, k, v, out_view, lse);
       kernel::execute_plan(*plan, cfg, q, k, v, out_view, lse, ex);
     };
-    const double pairs = static_cast<double>(plan_stats(*plan, layout, c.policy).computed_pairs());
+    const double pairs = static_cast<double>(plan_stats(*plan).computed_pairs());
     finish(c, pairs, double(threads * workspace_bytes_per_thread(*plan, cfg.head_dim)), n);
   }
 
@@ -220,7 +247,8 @@ inline std::vector<AdvisorCandidate> advisor_candidates(const SequenceLayout& la
   const RegionPolicy structured = RegionPolicy::structured(o.window);
   for (const bool split : {false, true}) {
     AdvisorCandidate c;
-    c.row.strategy = split ? "structured" : "windowed";
+    c.row.strategy = split ? AdvisorStrategy::structured : AdvisorStrategy::windowed;
+    c.row.label = name(c.row.strategy);
     c.row.what = split ? "image: own window; text: all images + causal text" : "image: own window; the rest causal";
     c.policy = split ? structured : advisor_windowed_policy(o.window);
     auto att = std::make_shared<const MultimodalAttention<float>>(cfg, layout, c.policy, plan_options, ex);
@@ -233,7 +261,9 @@ inline std::vector<AdvisorCandidate> advisor_candidates(const SequenceLayout& la
   // The approximations of structured.
   for (const index_t p : o.pools) {
     AdvisorCandidate c;
-    c.row.strategy = "pooled p=" + std::to_string(p);
+    c.row.strategy = AdvisorStrategy::pooled;
+    c.row.pool = p;
+    c.row.label = "pooled p=" + std::to_string(p);
     c.row.exact = p == 1;
     c.row.what = "structured; text sees images pooled " + std::to_string(p) + "x" + std::to_string(p);
     c.policy = structured;
@@ -249,7 +279,8 @@ inline std::vector<AdvisorCandidate> advisor_candidates(const SequenceLayout& la
   }
   {
     AdvisorCandidate c;
-    c.row.strategy = "sparse top-" + std::to_string(o.sparse.top_k);
+    c.row.strategy = AdvisorStrategy::sparse;
+    c.row.label = "sparse top-" + std::to_string(o.sparse.top_k);
     c.row.exact = false;
     c.row.what = "structured; per head, text sees the top-" + std::to_string(o.sparse.top_k) + " " +
                  std::to_string(o.sparse.tile_rows) + "x" + std::to_string(o.sparse.tile_cols) +
@@ -273,36 +304,37 @@ inline std::vector<AdvisorCandidate> advisor_candidates(const SequenceLayout& la
 inline void advisor_checklist(const SequenceLayout& layout, const AdvisorOptions& o, Advice& a) {
   index_t images = 0;
   for (const Segment& s : layout.segments()) images += s.is_image() ? 1 : 0;
-  a.recommended = "causal";
+  auto recommend = [&](const AdvisorRow* r) { a.recommended = static_cast<size_t>(r - a.rows.data()); };
+  recommend(a.row(AdvisorStrategy::causal));
   if (layout.image_tokens() > kAdvisorWindowAboveImageTokens) {
-    a.recommended = "windowed";
+    recommend(a.row(AdvisorStrategy::windowed));
     a.reasons.push_back(advisor_format("%lld image tokens > %lld: window the image->image attention (windowed)",
                                        static_cast<long long>(layout.image_tokens()),
                                        static_cast<long long>(kAdvisorWindowAboveImageTokens)));
   }
   if (images > kAdvisorSplitAboveImages) {
-    a.recommended = "structured";
+    recommend(a.row(AdvisorStrategy::structured));
     a.reasons.push_back(advisor_format("%lld images > %lld: split by region, each image sees only itself (structured)",
                                        static_cast<long long>(images), static_cast<long long>(kAdvisorSplitAboveImages)));
   }
   if (a.reasons.empty())
     a.reasons.push_back(advisor_format("%lld image tokens in %lld image(s): the plain causal mask is cheap enough",
                                        static_cast<long long>(layout.image_tokens()), static_cast<long long>(images)));
-  const AdvisorRow* exact = a.row(a.recommended);
-  if (exact && !exact->fits_budget) {
+  const AdvisorRow& exact = a.recommendation();
+  if (!exact.fits_budget) {
     // The least compression that fits; when none fits, the most there is.
     const AdvisorRow* pick = nullptr;
     for (const AdvisorRow& r : a.rows) {
-      if (r.strategy.rfind("pooled p=", 0) != 0) continue;
+      if (r.strategy != AdvisorStrategy::pooled) continue;
       if (!pick || (r.fits_budget && (!pick->fits_budget || r.kv_bytes > pick->kv_bytes)) ||
           (!r.fits_budget && !pick->fits_budget && r.kv_bytes < pick->kv_bytes))
         pick = &r;
     }
     if (pick) {
-      a.recommended = pick->strategy;
-      a.reasons.push_back("KV cache " + advisor_bytes(exact->kv_bytes) + " > budget " +
-                          advisor_bytes(o.memory_budget_bytes) + ": compress image tokens for text (" + pick->strategy +
+      a.reasons.push_back("KV cache " + advisor_bytes(exact.kv_bytes) + " > budget " +
+                          advisor_bytes(o.memory_budget_bytes) + ": compress image tokens for text (" + pick->label +
                           ": " + advisor_bytes(pick->kv_bytes) + (pick->fits_budget ? ")" : ", still over budget)"));
+      recommend(pick);
     }
   }
 }
@@ -312,7 +344,7 @@ inline std::string advisor_table(const Advice& a) {
                                               "vs structured", "KV cache", "scratch", "rel. error", "text rows",
                                               "worst row", "exact mass left out"}};
   for (const AdvisorRow& r : a.rows) {
-    std::vector<std::string> row = {r.strategy + (r.strategy == a.recommended ? " *" : ""), r.exact ? "yes" : "no",
+    std::vector<std::string> row = {r.label + (&r == &a.recommendation() ? " *" : ""), r.exact ? "yes" : "no",
                                     advisor_count(r.computed_pairs), advisor_format("%.1f%%", 100 * r.dense_fraction)};
     if (r.measured) {
       row.push_back(advisor_ms(r.latency_ms));
@@ -356,10 +388,10 @@ inline std::string advisor_report(const SequenceLayout& layout, const AttentionC
                                  static_cast<long long>(cfg.head_dim), o.executor.concurrency());
   r += "memory budget: " + (o.memory_budget_bytes > 0 ? advisor_bytes(o.memory_budget_bytes) : std::string("none")) +
        advisor_format(" (KV cache at %lld bytes per element)\n", static_cast<long long>(o.kv_element_bytes));
-  r += "recommended: " + a.recommended + "\n";
+  r += "recommended: " + a.recommendation().label + "\n";
   for (const std::string& reason : a.reasons) r += "  - " + reason + "\n";
   r += "candidates:\n";
-  for (const AdvisorRow& row : a.rows) r += "  " + row.strategy + ": " + row.what + "\n";
+  for (const AdvisorRow& row : a.rows) r += "  " + row.label + ": " + row.what + "\n";
   r += "\n" + a.table + "\n";
   r += "* = recommended. pairs/head: (query, key) pairs the kernels compute per head (sparse: the mean over "
        "heads of its selection on these inputs, or of a nominal one without inputs). KV cache: K and V a decode step keeps for this sequence. scratch: what one call allocates beyond "
@@ -435,7 +467,7 @@ inline Advice advise(const SequenceLayout& layout, const AttentionConfig& cfg, c
 
   // The exact result every approximation is measured against: structured, with its lse.
   for (detail::AdvisorCandidate& c : candidates)
-    if (c.row.strategy == "structured") c.forward(q, k, v, exact_view, lse_view);
+    if (c.row.strategy == AdvisorStrategy::structured) c.forward(q, k, v, exact_view, lse_view);
 
   const std::vector<index_t> rows = detail::advisor_check_rows(layout, options.check_rows);
   for (detail::AdvisorCandidate& c : candidates) {
@@ -454,8 +486,8 @@ inline Advice advise(const SequenceLayout& layout, const AttentionConfig& cfg, c
   }
   Advice a;
   for (detail::AdvisorCandidate& c : candidates) a.rows.push_back(std::move(c.row));
-  const AdvisorRow* dense = a.row("dense");
-  const AdvisorRow* split = a.row("structured");
+  const AdvisorRow* dense = a.row(AdvisorStrategy::dense);
+  const AdvisorRow* split = a.row(AdvisorStrategy::structured);
   for (AdvisorRow& r : a.rows) {
     r.speedup_vs_dense = dense->latency_ms / r.latency_ms;
     r.speedup_vs_structured = split->latency_ms / r.latency_ms;
