@@ -296,10 +296,10 @@ void softmax_rows(mmattn::kernel::RowMap& scores, float* acc, float* row_max, fl
   }
 }
 
-// Which (query tile, head) item comes next. The library's execute_plan is tile-major: consecutive
-// items are different heads, so each streams another head's K and V (2 x 768 KiB; all heads' K and
-// V are 48 MiB, more than L3). Head-major keeps one head's K and V hot across its query tiles, and
-// both threads share it.
+// Which (query tile, head) item comes next. The library's execute_plan is head-major: one head at a
+// time over its query tiles, costliest first, so that head's K and V (2 x 768 KiB) stay hot across
+// its tiles and both threads share them. Tile-major, the order it replaced, hands out the heads of
+// a tile in turn, so each item streams another head's K and V (all heads' are 48 MiB, more than L3).
 enum Order { kTileMajor, kHeadMajor };
 
 template <class Tiles, int kPhases, Order kOrder>
@@ -388,17 +388,16 @@ void BM_FlashPhases(benchmark::State& state) {
   bench::set_cpu_gflops(state, flops, cpu_seconds, threads);
 }
 
-#define MMATTN_PHASE_BENCH(BM, BN, PHASES, ORDER)                                                  \
-  BENCHMARK_TEMPLATE(BM_FlashPhases, mmattn::TileTraits<BM, BN>, PHASES, ORDER)->UseRealTime()     \
-      ->Unit(benchmark::kMillisecond)
-MMATTN_PHASE_BENCH(64, 128, kAll, kTileMajor);       // the kernel, instrumented: ~ BM_FlashDense
-MMATTN_PHASE_BENCH(64, 128, kQK, kTileMajor);        // S = Q K^T only
-MMATTN_PHASE_BENCH(64, 128, kQK | kPV, kTileMajor);  // both products, no softmax: the loop's ceiling
-MMATTN_PHASE_BENCH(64, 128, kAll, kHeadMajor);       // the kernel with head-major work order
-MMATTN_PHASE_BENCH(64, 128, kQK, kHeadMajor);
-MMATTN_PHASE_BENCH(128, 256, kAll, kTileMajor);      // the sweep's best tiles
-MMATTN_PHASE_BENCH(128, 256, kQK | kPV, kTileMajor);
-MMATTN_PHASE_BENCH(128, 256, kAll, kHeadMajor);
+#define MMATTN_PHASE_BENCH(TILES, PHASES, ORDER)                                                   \
+  BENCHMARK_TEMPLATE(BM_FlashPhases, TILES, PHASES, ORDER)->UseRealTime()->Unit(benchmark::kMillisecond)
+MMATTN_PHASE_BENCH(mmattn::DefaultTiles, kAll, kHeadMajor);        // the kernel, instrumented: ~ BM_FlashDense
+MMATTN_PHASE_BENCH(mmattn::DefaultTiles, kQK, kHeadMajor);         // S = Q K^T only
+MMATTN_PHASE_BENCH(mmattn::DefaultTiles, kQK | kPV, kHeadMajor);   // both products, no softmax: the loop's ceiling
+MMATTN_PHASE_BENCH(mmattn::DefaultTiles, kAll, kTileMajor);        // the order execute_plan replaced
+MMATTN_PHASE_BENCH(mmattn::DefaultTiles, kQK | kPV, kTileMajor);
+using Tiles64x128 = mmattn::TileTraits<64, 128>;  // shorter query tiles: Eigen packs K and V per tile
+MMATTN_PHASE_BENCH(Tiles64x128, kAll, kHeadMajor);
+MMATTN_PHASE_BENCH(Tiles64x128, kQK | kPV, kHeadMajor);
 #undef MMATTN_PHASE_BENCH
 
 }  // namespace

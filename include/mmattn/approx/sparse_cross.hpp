@@ -81,19 +81,19 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
     run(head_plans(select(q, k)), q, k, v, out, lse);
   }
 
-  // Runs per-head plans (from head_plans) with the exact kernel: every (tile, head) item, the
-  // costliest tiles first as in execute_plan.
+  // Runs per-head plans (from head_plans) with the exact kernel in execute_plan's order: one head
+  // at a time over its query tiles, costliest first by that head's plan.
   template <class TQ, class TK, class TV, class TO>
   void run(const std::vector<Plan>& plans, const TensorView<TQ>& q, const TensorView<TK>& k,
            const TensorView<TV>& v, const TensorView<TO>& out, const LseView& lse) const {
     const index_t heads = config_.num_heads;
     MMATTN_REQUIRE(static_cast<index_t>(plans.size()) == heads, "sparse cross: one plan per head is needed");
-    const auto items = static_cast<index_t>(plan_.query_tiles.size()) * heads;
-    executor_.parallel_for(items, [&](index_t item) {
+    const auto tiles = static_cast<index_t>(plan_.query_tiles.size());
+    executor_.parallel_for(tiles * heads, [&](index_t item) {
       thread_local kernel::Workspace ws;
-      const index_t head = item % heads;
+      const index_t head = item / tiles;
       const Plan& plan = plans[static_cast<size_t>(head)];
-      const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item / heads)])];
+      const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item % tiles)])];
       kernel::attend_tile(plan, tile, tile.block_begin, tile.block_end, head, config_, q, k, v, out, lse, ws);
     });
   }
