@@ -174,7 +174,9 @@ TEST(Decode, StructuredPolicyLongTextSplitsAndMatchesForward) {
   Tensor plain(1, cfg.num_heads, cfg.head_dim), split(1, cfg.num_heads, cfg.head_dim);
   mm.forward(b.q.cview(), k.cview(), v.cview(), plain.view);
   mm.forward_split_kv(b.q.cview(), k.cview(), v.cview(), split.view, {}, options.split);
-  EXPECT_LE(max_relative_error(plain, out), 1e-6);
+  // forward runs the prefill kernel (micro-kernels on this CPU), decode the all-heads kernel: two
+  // orders of summation, each within the reference's tolerance above.
+  EXPECT_LE(max_relative_error(plain, out), 1e-5);
   EXPECT_TRUE(same_bits(split.storage, out.storage));
 }
 

@@ -202,8 +202,6 @@ inline index_t padded_keys(index_t keys) {
   return (keys + kAlign - 1) / kAlign * kAlign;
 }
 
-using StridedRowMap = Eigen::Map<RowMatrix, Eigen::Unaligned, Eigen::OuterStride<>>;
-
 // Asks for a row ahead of its use: the key read next in the same KV head. The hardware prefetchers
 // do not bring the stream in early enough for a loop that spends ~100 cycles per 256-byte row
 // (GQA, 4 query rows per row): with this, ~150 instead of ~180 cycles per (key, KV head) for K and

@@ -1,0 +1,216 @@
+// The prefill tile loop on hand-blocked micro-kernels, written once over `Vec`, an instruction
+// set's vector operations. simd_avx2.hpp and simd_avx512.hpp each include this file inside their
+// own namespace and target region, so every function here is compiled once per instruction set
+// and is only called after the runtime check (isa.hpp). Include those headers, not this file.
+//
+// The algorithm is tiled_attention.hpp's (FlashAttention-2, Q pre-scaled, masked keys exactly 0,
+// guarded P V for non-finite values); what changes is who owns the loops:
+//   S = Q K^T    Q rows broadcast, K^T packed once per block so its panels load as vectors;
+//   softmax      row by row over S, vectorised with exp() below;
+//   O += P V     P broadcast, V rows read in place as vectors.
+// Both products are one register-blocked micro-kernel, gemm_tile: kRows rows x NV vectors of
+// accumulators stay in registers across the whole depth, so C is touched once per tile.
+
+#ifndef MMATTN_SIMD_ATTENTION_INL_TARGET
+#error "include mmattn/kernel/simd_avx2.hpp or mmattn/kernel/simd_avx512.hpp, not this file"
+#endif
+
+using V = Vec::V;
+inline constexpr index_t kWidth = Vec::kWidth;
+
+inline index_t round_up(index_t n, index_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// exp(x), ~1 ulp over the range the softmax uses (x <= 0). Exactly 0 below -87 (so -inf, a masked
+// score, gives 0 and no denormal weight), NaN stays NaN: min/max return their second operand when
+// one is NaN, and x is always the second.
+inline V exp(V x) {
+  const V lo = Vec::set1(-87.0f);
+  const V xc = Vec::max(lo, Vec::min(Vec::set1(88.0f), x));
+  const V n = Vec::round(Vec::mul(xc, Vec::set1(1.44269504088896341f)));
+  V r = Vec::fnmadd(n, Vec::set1(0.693359375f), xc);  // ln 2 in two parts (Cephes): r exact
+  r = Vec::fnmadd(n, Vec::set1(-2.12194440e-4f), r);
+  V p = Vec::set1(1.9875691500e-4f);
+  p = Vec::fmadd(p, r, Vec::set1(1.3981999507e-3f));
+  p = Vec::fmadd(p, r, Vec::set1(8.3334519073e-3f));
+  p = Vec::fmadd(p, r, Vec::set1(4.1665795894e-2f));
+  p = Vec::fmadd(p, r, Vec::set1(1.6666665459e-1f));
+  p = Vec::fmadd(p, r, Vec::set1(5.0000001201e-1f));
+  p = Vec::fmadd(Vec::mul(p, r), r, Vec::add(r, Vec::set1(1.0f)));
+  return Vec::zero_where_below(x, lo, Vec::ldexp(p, n));
+}
+
+// C (kRows, NV * kWidth) = or += A (kRows, depth) B (depth, NV * kWidth), with A(i, p) at
+// a[i * a_row + p] (broadcast, so any row stride), B's row p at b + p * ldb, C's row i at c + i * ldc.
+// B and C are padded to whole vectors, so no load or store needs a mask.
+template <int NV, bool kAccumulate>
+inline void gemm_tile(const float* a, index_t a_row, const float* b, index_t ldb, float* c, index_t ldc,
+                      index_t depth) {
+  constexpr int R = Vec::kRows;
+  V acc[R][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[i][v] = kAccumulate ? Vec::load(c + i * ldc + v * kWidth) : Vec::zero();
+  for (index_t p = 0; p < depth; ++p, b += ldb) {
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * kWidth);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+      const V ai = Vec::set1(a[i * a_row + p]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[i][v] = Vec::fmadd(ai, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) Vec::store(c + i * ldc + v * kWidth, acc[i][v]);
+}
+
+// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed as (dim, keys_p). rows_p is a multiple
+// of kRows, keys_p of kScoreVectors * kWidth (zero padding). Each K^T panel stays in L1 while
+// every row block passes over it.
+inline void scores_product(const float* q, const float* kt, float* s, index_t rows_p, index_t keys_p, index_t dim) {
+  constexpr index_t panel = Vec::kScoreVectors * kWidth;
+  for (index_t j = 0; j < keys_p; j += panel)
+    for (index_t i = 0; i < rows_p; i += Vec::kRows)
+      gemm_tile<Vec::kScoreVectors, /*kAccumulate=*/false>(q + i * dim, dim, kt + j, keys_p, s + i * keys_p + j,
+                                                             keys_p, dim);
+}
+
+// One panel of O's columns, `vectors` <= NV wide: whole panels take NV, the last may be narrower.
+template <int NV>
+inline void add_values_panel(int vectors, const float* p, index_t ldp, const float* v, index_t ldv, float* acc,
+                             index_t ld_acc, index_t rows_p, index_t keys) {
+  if constexpr (NV > 1) {
+    if (vectors < NV) return add_values_panel<NV - 1>(vectors, p, ldp, v, ldv, acc, ld_acc, rows_p, keys);
+  }
+  for (index_t i = 0; i < rows_p; i += Vec::kRows)
+    gemm_tile<NV, /*kAccumulate=*/true>(p + i * ldp, ldp, v, ldv, acc + i * ld_acc, ld_acc, keys);
+}
+
+// acc (rows_p, dim_p) += P (rows_p, keys) V (keys, dim_p), V packed with zero padding columns.
+// Each V panel stays in L1 while every row block passes over it.
+inline void add_values(const float* p, index_t ldp, const float* v, float* acc, index_t rows_p, index_t keys,
+                       index_t dim_p) {
+  constexpr index_t panel = Vec::kValueVectors * kWidth;
+  for (index_t c = 0; c < dim_p; c += panel) {
+    const auto vectors = static_cast<int>(std::min(panel, dim_p - c) / kWidth);
+    add_values_panel<Vec::kValueVectors>(vectors, p, ldp, v + c, dim_p, acc + c, dim_p, rows_p, keys);
+  }
+}
+
+// kt (dim, keys_p) = K^T, zero beyond `keys`. K's row j at k + j * ldk, dim contiguous. Whole
+// 8 x 8 blocks go through registers; the ragged edges element by element.
+inline void pack_keys_transposed(const float* k, index_t ldk, index_t keys, index_t keys_p, index_t dim, float* kt) {
+  const index_t keys8 = keys / 8 * 8, dim8 = dim / 8 * 8;
+  for (index_t j = 0; j < keys8; j += 8)
+    for (index_t c = 0; c < dim8; c += 8) avx2::transpose_8x8(k + j * ldk + c, ldk, kt + c * keys_p + j, keys_p);
+  for (index_t c = 0; c < dim; ++c) {
+    const index_t j_begin = c < dim8 ? keys8 : 0;
+    for (index_t j = j_begin; j < keys; ++j) kt[c * keys_p + j] = k[j * ldk + c];
+    std::fill(kt + c * keys_p + keys, kt + (c + 1) * keys_p, 0.0f);
+  }
+}
+
+// vp (keys, dim_p) = V, zero in the padding columns.
+inline void pack_values(const float* v, index_t ldv, index_t keys, index_t dim, index_t dim_p, float* vp) {
+  for (index_t j = 0; j < keys; ++j) {
+    std::copy(v + j * ldv, v + j * ldv + dim, vp + j * dim_p);
+    std::fill(vp + j * dim_p + dim, vp + (j + 1) * dim_p, 0.0f);
+  }
+}
+
+// One row's online-softmax step over its block scores s[0, keys_p) (padding and masked keys are
+// -inf), the vectorised twin of online_softmax_step with the same NaN and empty-row rules.
+inline float softmax_row(float* s, index_t keys_p, float& row_max, float& row_sum) {
+  V vmax = Vec::set1(kNegInf);
+  for (index_t j = 0; j < keys_p; j += kWidth) vmax = Vec::max(vmax, Vec::load(s + j));
+  const float m_new = std::max(row_max, Vec::reduce_max(vmax));
+  if (m_new == kNegInf) {  // nothing allowed yet: -inf minus -inf would be NaN
+    bool nan = false;
+    for (index_t j = 0; j < keys_p; ++j) nan = nan || std::isnan(s[j]);
+    if (nan) row_sum = std::numeric_limits<float>::quiet_NaN();  // a NaN among no finite score
+    std::fill(s, s + keys_p, 0.0f);
+    return 1.0f;
+  }
+  const V m = Vec::set1(m_new);
+  V vsum = Vec::zero();
+  for (index_t j = 0; j < keys_p; j += kWidth) {
+    const V p = exp(Vec::sub(Vec::load(s + j), m));  // -inf -> exactly 0
+    Vec::store(s + j, p);
+    vsum = Vec::add(vsum, p);
+  }
+  const float alpha = std::exp(row_max - m_new);
+  row_sum = row_sum * alpha + Vec::reduce_add(vsum);
+  row_max = m_new;
+  return alpha;
+}
+
+inline void scale_row(float* row, index_t n, float alpha) {
+  const V a = Vec::set1(alpha);
+  for (index_t c = 0; c < n; c += kWidth) Vec::store(row + c, Vec::mul(a, Vec::load(row + c)));
+}
+
+// The micro-kernel twin of kernel::attend_tile (same contract); the caller has checked the ISA.
+template <class QView, class KView, class VView, class TO>
+void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
+                 const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                 const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
+  const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
+  const index_t rows_p = round_up(rows, Vec::kRows), dim_p = round_up(dim, kWidth);
+  const index_t keys_max = round_up(plan.tiles.key, Vec::kScoreVectors * kWidth);
+  ws.reserve(rows_p, keys_max, dim_p);
+  float* const q_tile = ws.q.data();  // (rows_p, dim), pre-scaled, zero padding rows
+  load_rows(q, head, tile.queries, plan.query_begin, cfg.resolved_scale(), q_tile);
+  std::fill(q_tile + rows * dim, q_tile + rows_p * dim, 0.0f);
+  float* const acc = ws.acc.data();  // (rows_p, dim_p)
+  float* const row_max = ws.row_max.data();
+  float* const row_sum = ws.row_sum.data();
+  std::fill(acc, acc + rows_p * dim_p, 0.0f);
+  std::fill(row_max, row_max + rows_p, kNegInf);
+  std::fill(row_sum, row_sum + rows_p, 0.0f);
+
+  for (index_t b = block_begin; b < block_end; ++b) {
+    const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+    const index_t keys = block.keys.size(), keys_p = round_up(keys, Vec::kScoreVectors * kWidth);
+    const ConstStridedRowMap k_block = key_rows(k, kv_head, block.keys, ws.k.data());  // (keys, dim)
+    const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
+    float* const kt = ws.packed.data();  // (dim, keys_p)
+    pack_keys_transposed(k_block.data(), k_block.outerStride(), keys, keys_p, dim, kt);
+    float* const s = ws.scores.data();   // (rows_p, keys_p)
+    scores_product(q_tile, kt, s, rows_p, keys_p, dim);
+    for (index_t i = 0; i < rows_p; ++i) std::fill(s + i * keys_p + keys, s + (i + 1) * keys_p, kNegInf);
+    if (!block.full) {
+      StridedRowMap scores(s, rows, keys, Eigen::OuterStride<>(keys_p));  // (rows, keys) of (rows_p, keys_p)
+      apply_block_mask(scores, tile.queries, block.keys, plan.mask(tile, block), ws.runs);
+    }
+    for (index_t i = 0; i < rows_p; ++i) {
+      const float alpha = softmax_row(s + i * keys_p, keys_p, row_max[i], row_sum[i]);
+      if (alpha != 1.0f) scale_row(acc + i * dim_p, dim_p, alpha);
+    }
+    // As in tiled_attention.hpp: a partial block whose values are not all finite multiplies a
+    // copy with those rows zeroed, then adds each such row alone to the rows that see it. V is
+    // packed either way: its rows sit a token stride apart (often 4 KiB, one L1 set).
+    float* const vp = ws.packed.data();  // (keys, dim_p); K^T is spent
+    if (block.full || std::isfinite(v_block.sum())) {
+      pack_values(v_block.data(), v_block.outerStride(), keys, dim, dim_p, vp);
+      add_values(s, keys_p, vp, acc, rows_p, keys, dim_p);
+    } else {
+      const NonFiniteRows bad = take_nonfinite_rows(v_block, ws.v.data());  // ws.v may hold v_block
+      pack_values(ws.v.data(), dim, keys, dim, dim_p, vp);
+      add_values(s, keys_p, vp, acc, rows_p, keys, dim_p);
+      add_nonfinite_rows(bad, s, keys_p, acc, dim_p, tile.queries, block.keys, plan.mask(tile, block));
+    }
+  }
+
+  for (index_t i = 0; i < rows; ++i) {
+    const float l = row_sum[i];
+    const float inv = l == 0 ? 0.0f : 1.0f / l;
+    const index_t token = tile.queries.at(i) - plan.query_begin;
+    TO* dst = out.row(token, head);
+    for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[i * dim_p + d] * inv);
+    if (lse) lse(token, head) = l == 0 ? kNegInf : row_max[i] + std::log(l);
+  }
+}

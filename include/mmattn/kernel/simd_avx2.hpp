@@ -1,0 +1,106 @@
+#pragma once
+// The prefill micro-kernels compiled for AVX2 + FMA, whatever the build's flags: a target region
+// around kernel/simd_attention.inl. Run only where isa_supported(Isa::kAvx2).
+
+#include "mmattn/kernel/isa.hpp"
+
+#if MMATTN_HAS_X86_KERNELS
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "mmattn/attention_config.hpp"
+#include "mmattn/kernel/block_mask.hpp"
+#include "mmattn/kernel/nonfinite_values.hpp"
+#include "mmattn/kernel/tile_loads.hpp"
+#include "mmattn/kernel/workspace.hpp"
+#include "mmattn/plan.hpp"
+
+// Everything defined from here to the pop is compiled for AVX2; nothing may be included inside.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+namespace mmattn::kernel::avx2 {
+
+struct Vec {
+  using V = __m256;
+  static constexpr int kWidth = 8;
+  // 16 registers: kRows x kScoreVectors = 12 accumulators + 2 loads + 1 broadcast.
+  static constexpr int kRows = 6, kScoreVectors = 2, kValueVectors = 2;
+
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load_tail(const float* p, int n) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes));
+  }
+  static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a b
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }                // b when either is NaN
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // p 2^n for integral n in [-126, 127], the range exp() leaves: n goes straight into the exponent.
+  static V ldexp(V p, V n) {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+  static V zero_where_below(V x, V lo, V value) {
+    return _mm256_blendv_ps(value, zero(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  }
+  static float reduce_max(V x) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static float reduce_add(V x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+
+// dst (8, 8) with row stride ld_dst = the transpose of src (8, 8), row stride ld_src. Also used by
+// the AVX-512 kernels (AVX2 is a subset of their target).
+inline void transpose_8x8(const float* src, index_t ld_src, float* dst, index_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));  // a0 b0 c0 d0 | a4 b4 c4 d4
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+#define MMATTN_SIMD_ATTENTION_INL_TARGET
+#include "mmattn/kernel/simd_attention.inl"
+#undef MMATTN_SIMD_ATTENTION_INL_TARGET
+
+}  // namespace mmattn::kernel::avx2
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#endif  // MMATTN_HAS_X86_KERNELS

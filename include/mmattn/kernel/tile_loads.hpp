@@ -1,0 +1,39 @@
+#pragma once
+// Loading a tile's rows: Q, K and V rows of one head into dense fp32 (rows, dim) buffers, or K and
+// V mapped in place when they already are such a matrix.
+
+#include <type_traits>
+
+#include "mmattn/config.hpp"
+#include "mmattn/kernel/convert.hpp"
+#include "mmattn/kernel/online_softmax.hpp"
+#include "mmattn/tensor_view.hpp"
+#include "mmattn/token_rect.hpp"
+
+namespace mmattn::kernel {
+
+// Copies the rows of `rect` (positions, shifted by `first_row`) of one head into a dense
+// (rows, dim) float buffer, converting and scaling once per load rather than per product.
+// View: anything with row(token, head), head_dim and dim_stride (TensorView, a paged KV cache).
+template <class View>
+void load_rows(const View& src, index_t head, const TokenRect& rect, index_t first_row, float scale, float* dst) {
+  const index_t dim = src.head_dim;
+  for (index_t r = 0; r < rect.rows; ++r)
+    for (index_t c = 0; c < rect.cols; ++c, dst += dim)
+      convert_row(src.row(rect.start + r * rect.pitch + c - first_row, head), dim, src.dim_stride, scale, dst);
+}
+
+// K or V rows of a block as a (keys, dim) matrix: mapped in place when they already are one
+// (contiguous float rows), gathered into `buffer` otherwise.
+template <class View>
+ConstStridedRowMap key_rows(const View& src, index_t head, const TokenRect& keys, float* buffer) {
+  if constexpr (std::is_same_v<View, TensorView<const float>> || std::is_same_v<View, TensorView<float>>) {
+    if (keys.contiguous() && src.dim_stride == 1 && (keys.size() == 1 || src.token_stride > 0))
+      return ConstStridedRowMap(src.row(keys.start, head), keys.size(), src.head_dim,
+                                Eigen::OuterStride<>(keys.size() == 1 ? src.head_dim : src.token_stride));
+  }
+  load_rows(src, head, keys, 0, 1.0f, buffer);
+  return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
+}
+
+}  // namespace mmattn::kernel
