@@ -46,13 +46,13 @@ template <int NV, bool kAccumulate>
 inline void gemm_tile(const float* a, index_t a_row, const float* b, index_t ldb, float* c, index_t ldc,
                       index_t depth) {
   constexpr int R = Vec::kRows;
-  V acc[R][NV];
+  V acc[static_cast<size_t>(R)][static_cast<size_t>(NV)];
 #pragma GCC unroll 8
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[i][v] = kAccumulate ? Vec::load(c + i * ldc + v * kWidth) : Vec::zero();
   for (index_t p = 0; p < depth; ++p, b += ldb) {
-    V bv[NV];
+    V bv[static_cast<size_t>(NV)];
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * kWidth);
 #pragma GCC unroll 8
