@@ -40,6 +40,8 @@ int main(int argc, char** argv) try {
   const int runs = smoke ? 1 : 5;
   const double t_causal = example::median_ms(runs, [&] { causal.forward(qv, kv, vv, view_thd(out_causal.data(), n, heads, dim)); });
   const double t_structured = example::median_ms(runs, [&] { structured.forward(qv, kv, vv, view_thd(out.data(), n, heads, dim)); });
+  std::printf("kernel path: %s (chosen at run time from this CPU; MMATTN_ISA=eigen|avx2|avx512 forces one)\n",
+              isa_name(active_isa()));
   std::printf("dense causal forward  %9.2f ms (median of %d)\n", t_causal, runs);
   std::printf("structured forward    %9.2f ms  -> %.2fx faster\n", t_structured, t_causal / t_structured);
 

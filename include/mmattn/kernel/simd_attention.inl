@@ -5,11 +5,13 @@
 //
 // The algorithm is tiled_attention.hpp's (FlashAttention-2, Q pre-scaled, masked keys exactly 0,
 // guarded P V for non-finite values); what changes is who owns the loops:
-//   S = Q K^T    Q rows broadcast, K^T packed once per block so its panels load as vectors;
+//   S = Q K^T    Q rows broadcast, K^T packed so its panels load as vectors;
 //   softmax      row by row over S, vectorised with exp() below;
-//   O += P V     P broadcast, V rows read in place as vectors.
-// Both products are one register-blocked micro-kernel, gemm_tile: kRows rows x NV vectors of
-// accumulators stay in registers across the whole depth, so C is touched once per tile.
+//   O += P V     P broadcast, V packed with rows padded to whole vectors.
+// K^T and V are packed once per block and thread for a whole execute_plan call where the
+// workspace's budget allows (PackedBlocks), not once per query tile. Both products are one
+// register-blocked micro-kernel, gemm_tile: kRows rows x NV vectors of accumulators stay in
+// registers across the whole depth, so C is touched once per tile.
 
 #ifndef MMATTN_SIMD_ATTENTION_INL_TARGET
 #error "include mmattn/kernel/simd_avx2.hpp or mmattn/kernel/simd_avx512.hpp, not this file"
@@ -68,58 +70,76 @@ inline void gemm_tile(const float* a, index_t a_row, const float* b, index_t ldb
     for (int v = 0; v < NV; ++v) Vec::store(c + i * ldc + v * kWidth, acc[i][v]);
 }
 
-// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed as (dim, keys_p). rows_p is a multiple
-// of kRows, keys_p of kScoreVectors * kWidth (zero padding). Each K^T panel stays in L1 while
-// every row block passes over it.
-inline void scores_product(const float* q, const float* kt, float* s, index_t rows_p, index_t keys_p, index_t dim) {
-  constexpr index_t panel = Vec::kScoreVectors * kWidth;
-  for (index_t j = 0; j < keys_p; j += panel)
-    for (index_t i = 0; i < rows_p; i += Vec::kRows)
-      gemm_tile<Vec::kScoreVectors, /*kAccumulate=*/false>(q + i * dim, dim, kt + j, keys_p, s + i * keys_p + j,
-                                                             keys_p, dim);
-}
-
-// One panel of O's columns, `vectors` <= NV wide: whole panels take NV, the last may be narrower.
-template <int NV>
-inline void add_values_panel(int vectors, const float* p, index_t ldp, const float* v, index_t ldv, float* acc,
-                             index_t ld_acc, index_t rows_p, index_t keys) {
+// C (rows_p, n_p) = or += A (rows_p, depth) B (depth, n_p), panel by panel of `Panel` vectors
+// (the last may be narrower): each B panel stays in L1 while every row block passes over it.
+// rows_p is a multiple of kRows, n_p of kWidth.
+template <bool kAccumulate, int NV = Vec::kPanel>
+inline void panel_product(int vectors, const float* a, index_t a_row, const float* b, index_t ldb, float* c,
+                          index_t ldc, index_t rows_p, index_t depth) {
   if constexpr (NV > 1) {
-    if (vectors < NV) return add_values_panel<NV - 1>(vectors, p, ldp, v, ldv, acc, ld_acc, rows_p, keys);
+    if (vectors < NV) return panel_product<kAccumulate, NV - 1>(vectors, a, a_row, b, ldb, c, ldc, rows_p, depth);
   }
   for (index_t i = 0; i < rows_p; i += Vec::kRows)
-    gemm_tile<NV, /*kAccumulate=*/true>(p + i * ldp, ldp, v, ldv, acc + i * ld_acc, ld_acc, keys);
+    gemm_tile<NV, kAccumulate>(a + i * a_row, a_row, b, ldb, c + i * ldc, ldc, depth);
 }
 
-// acc (rows_p, dim_p) += P (rows_p, keys) V (keys, dim_p), V packed with zero padding columns.
-// Each V panel stays in L1 while every row block passes over it.
-inline void add_values(const float* p, index_t ldp, const float* v, float* acc, index_t rows_p, index_t keys,
+template <bool kAccumulate>
+inline void product(const float* a, index_t a_row, const float* b, index_t ldb, float* c, index_t ldc, index_t rows_p,
+                    index_t n_p, index_t depth) {
+  constexpr index_t panel = Vec::kPanel * kWidth;
+  for (index_t j = 0; j < n_p; j += panel)
+    panel_product<kAccumulate>(static_cast<int>(std::min(panel, n_p - j) / kWidth), a, a_row, b + j, ldb, c + j, ldc,
+                               rows_p, depth);
+}
+
+// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed as (dim, keys_p).
+inline void scores_product(const float* q, const float* kt, float* s, index_t rows_p, index_t keys_p, index_t dim) {
+  product</*kAccumulate=*/false>(q, dim, kt, keys_p, s, keys_p, rows_p, keys_p, dim);
+}
+
+// acc (rows_p, dim_p) += P (rows_p, keys) V (keys, dim_p), with P's rows keys_p apart.
+inline void add_values(const float* p, index_t keys_p, const float* v, float* acc, index_t rows_p, index_t keys,
                        index_t dim_p) {
-  constexpr index_t panel = Vec::kValueVectors * kWidth;
-  for (index_t c = 0; c < dim_p; c += panel) {
-    const auto vectors = static_cast<int>(std::min(panel, dim_p - c) / kWidth);
-    add_values_panel<Vec::kValueVectors>(vectors, p, ldp, v + c, dim_p, acc + c, dim_p, rows_p, keys);
-  }
+  product</*kAccumulate=*/true>(p, keys_p, v, dim_p, acc, dim_p, rows_p, dim_p, keys);
 }
 
-// kt (dim, keys_p) = K^T, zero beyond `keys`. K's row j at k + j * ldk, dim contiguous. Whole
-// 8 x 8 blocks go through registers; the ragged edges element by element.
-inline void pack_keys_transposed(const float* k, index_t ldk, index_t keys, index_t keys_p, index_t dim, float* kt) {
+// kt (dim, keys_p) = K^T, zero beyond `keys`; K's row j starts at k[j]. Whole 8 x 8 blocks go
+// through registers, the ragged edges element by element.
+inline void pack_keys_transposed(const float* const* k, index_t keys, index_t keys_p, index_t dim, float* kt) {
   const index_t keys8 = keys / 8 * 8, dim8 = dim / 8 * 8;
   for (index_t j = 0; j < keys8; j += 8)
-    for (index_t c = 0; c < dim8; c += 8) avx2::transpose_8x8(k + j * ldk + c, ldk, kt + c * keys_p + j, keys_p);
+    for (index_t c = 0; c < dim8; c += 8) avx2::transpose_8x8(k + j, c, kt + c * keys_p + j, keys_p);
   for (index_t c = 0; c < dim; ++c) {
     const index_t j_begin = c < dim8 ? keys8 : 0;
-    for (index_t j = j_begin; j < keys; ++j) kt[c * keys_p + j] = k[j * ldk + c];
+    for (index_t j = j_begin; j < keys; ++j) kt[c * keys_p + j] = k[j][c];
     std::fill(kt + c * keys_p + keys, kt + (c + 1) * keys_p, 0.0f);
   }
 }
 
-// vp (keys, dim_p) = V, zero in the padding columns.
-inline void pack_values(const float* v, index_t ldv, index_t keys, index_t dim, index_t dim_p, float* vp) {
+// vp (keys, dim_p) = V, zero in the padding columns; V's row j starts at v[j].
+inline void pack_values(const float* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
   for (index_t j = 0; j < keys; ++j) {
-    std::copy(v + j * ldv, v + j * ldv + dim, vp + j * dim_p);
+    std::copy(v[j], v[j] + dim, vp + j * dim_p);
     std::fill(vp + j * dim_p + dim, vp + (j + 1) * dim_p, 0.0f);
   }
+}
+
+// A block's K^T (dim, keys_p) and V (keys, dim_p), from the thread's cache or packed now: into the
+// cache while its budget lasts, else into ws.packed / ws.v. V is packed even where its rows could
+// be read in place: they sit a token stride apart (often 4 KiB, one L1 set).
+template <class KView, class VView>
+PackedBlocks::Block pack_block(const KView& k, const VView& v, index_t kv_head, const TokenRect& keys_rect,
+                               index_t dim, Workspace& ws) {
+  if (const PackedBlocks::Block* hit = ws.packed_blocks.find(keys_rect)) return *hit;
+  const index_t keys = keys_rect.size(), keys_p = round_up(keys, kWidth);
+  const index_t dim_p = round_up(dim, kWidth);
+  PackedBlocks::Block scratch{ws.packed.data(), ws.v.data(), true};
+  PackedBlocks::Block* block = ws.packed_blocks.add(keys_rect, dim * keys_p, keys * dim_p);
+  if (block == nullptr) block = &scratch;
+  pack_keys_transposed(key_row_pointers(k, kv_head, keys_rect, ws.k.data(), ws.key_rows), keys, keys_p, dim, block->kt);
+  pack_values(key_row_pointers(v, kv_head, keys_rect, ws.k.data(), ws.key_rows), keys, dim, dim_p, block->v);
+  block->values_finite = std::isfinite(Eigen::Map<const Eigen::ArrayXf>(block->v, keys * dim_p).sum());
+  return *block;
 }
 
 // One row's online-softmax step over its block scores s[0, keys_p) (padding and masked keys are
@@ -160,7 +180,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
                  const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
   const index_t rows_p = round_up(rows, Vec::kRows), dim_p = round_up(dim, kWidth);
-  const index_t keys_max = round_up(plan.tiles.key, Vec::kScoreVectors * kWidth);
+  const index_t keys_max = round_up(plan.tiles.key, kWidth);
   ws.reserve(rows_p, keys_max, dim_p);
   float* const q_tile = ws.q.data();  // (rows_p, dim), pre-scaled, zero padding rows
   load_rows(q, head, tile.queries, plan.query_begin, cfg.resolved_scale(), q_tile);
@@ -174,13 +194,10 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
 
   for (index_t b = block_begin; b < block_end; ++b) {
     const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
-    const index_t keys = block.keys.size(), keys_p = round_up(keys, Vec::kScoreVectors * kWidth);
-    const ConstStridedRowMap k_block = key_rows(k, kv_head, block.keys, ws.k.data());  // (keys, dim)
-    const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
-    float* const kt = ws.packed.data();  // (dim, keys_p)
-    pack_keys_transposed(k_block.data(), k_block.outerStride(), keys, keys_p, dim, kt);
-    float* const s = ws.scores.data();   // (rows_p, keys_p)
-    scores_product(q_tile, kt, s, rows_p, keys_p, dim);
+    const index_t keys = block.keys.size(), keys_p = round_up(keys, kWidth);
+    const PackedBlocks::Block packed = pack_block(k, v, kv_head, block.keys, dim, ws);
+    float* const s = ws.scores.data();  // (rows_p, keys_p)
+    scores_product(q_tile, packed.kt, s, rows_p, keys_p, dim);
     for (index_t i = 0; i < rows_p; ++i) std::fill(s + i * keys_p + keys, s + (i + 1) * keys_p, kNegInf);
     if (!block.full) {
       StridedRowMap scores(s, rows, keys, Eigen::OuterStride<>(keys_p));  // (rows, keys) of (rows_p, keys_p)
@@ -191,16 +208,17 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
       if (alpha != 1.0f) scale_row(acc + i * dim_p, dim_p, alpha);
     }
     // As in tiled_attention.hpp: a partial block whose values are not all finite multiplies a
-    // copy with those rows zeroed, then adds each such row alone to the rows that see it. V is
-    // packed either way: its rows sit a token stride apart (often 4 KiB, one L1 set).
-    float* const vp = ws.packed.data();  // (keys, dim_p); K^T is spent
-    if (block.full || std::isfinite(v_block.sum())) {
-      pack_values(v_block.data(), v_block.outerStride(), keys, dim, dim_p, vp);
-      add_values(s, keys_p, vp, acc, rows_p, keys, dim_p);
+    // copy with those rows zeroed, then adds each such row alone to the rows that see it.
+    if (block.full || packed.values_finite) {
+      add_values(s, keys_p, packed.v, acc, rows_p, keys, dim_p);
     } else {
-      const NonFiniteRows bad = take_nonfinite_rows(v_block, ws.v.data());  // ws.v may hold v_block
-      pack_values(ws.v.data(), dim, keys, dim, dim_p, vp);
-      add_values(s, keys_p, vp, acc, rows_p, keys, dim_p);
+      const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
+      const NonFiniteRows bad = take_nonfinite_rows(v_block, ws.v.data());             // ws.v may hold v_block
+      float* const clean = ws.packed.data();
+      ws.key_rows.resize(static_cast<size_t>(keys));
+      for (index_t j = 0; j < keys; ++j) ws.key_rows[static_cast<size_t>(j)] = ws.v.data() + j * dim;
+      pack_values(ws.key_rows.data(), keys, dim, dim_p, clean);
+      add_values(s, keys_p, clean, acc, rows_p, keys, dim_p);
       add_nonfinite_rows(bad, s, keys_p, acc, dim_p, tile.queries, block.keys, plan.mask(tile, block));
     }
   }
@@ -210,7 +228,13 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     const float inv = l == 0 ? 0.0f : 1.0f / l;
     const index_t token = tile.queries.at(i) - plan.query_begin;
     TO* dst = out.row(token, head);
-    for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[i * dim_p + d] * inv);
+    float* const o = acc + i * dim_p;
+    if (std::is_same_v<TO, float> && out.dim_stride == 1) {
+      scale_row(o, dim_p, inv);  // the padding columns beyond dim are scratch
+      for (index_t d = 0; d < dim; ++d) dst[d] = static_cast<TO>(o[d]);
+    } else {
+      for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o[d] * inv);
+    }
     if (lse) lse(token, head) = l == 0 ? kNegInf : row_max[i] + std::log(l);
   }
 }

@@ -31,8 +31,8 @@ namespace mmattn::kernel::avx2 {
 struct Vec {
   using V = __m256;
   static constexpr int kWidth = 8;
-  // 16 registers: kRows x kScoreVectors = 12 accumulators + 2 loads + 1 broadcast.
-  static constexpr int kRows = 6, kScoreVectors = 2, kValueVectors = 2;
+  // 16 registers: kRows x kPanel = 12 accumulators + 2 loads + 1 broadcast.
+  static constexpr int kRows = 6, kPanel = 2;
 
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
@@ -70,11 +70,11 @@ struct Vec {
   }
 };
 
-// dst (8, 8) with row stride ld_dst = the transpose of src (8, 8), row stride ld_src. Also used by
-// the AVX-512 kernels (AVX2 is a subset of their target).
-inline void transpose_8x8(const float* src, index_t ld_src, float* dst, index_t ld_dst) {
+// dst (8, 8) with row stride ld_dst = the transpose of the 8 x 8 block whose row i is src[i] + col.
+// Also used by the AVX-512 kernels (AVX2 is a subset of their target).
+inline void transpose_8x8(const float* const* src, index_t col, float* dst, index_t ld_dst) {
   __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i] + col);
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // a0 b0 a1 b1 | a4 b4 a5 b5
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);

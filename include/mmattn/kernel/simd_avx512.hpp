@@ -32,8 +32,8 @@ namespace mmattn::kernel::avx512 {
 struct Vec {
   using V = __m512;
   static constexpr int kWidth = 16;
-  // 32 registers: kRows x kScoreVectors = 24 accumulators + 4 K^T loads + 1 broadcast.
-  static constexpr int kRows = 6, kScoreVectors = 4, kValueVectors = 4;
+  // 32 registers: kRows x kPanel = 24 accumulators + 4 loads + 1 broadcast.
+  static constexpr int kRows = 6, kPanel = 4;
 
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }

@@ -3,6 +3,7 @@
 // V mapped in place when they already are such a matrix.
 
 #include <type_traits>
+#include <vector>
 
 #include "mmattn/config.hpp"
 #include "mmattn/kernel/convert.hpp"
@@ -34,6 +35,23 @@ ConstStridedRowMap key_rows(const View& src, index_t head, const TokenRect& keys
   }
   load_rows(src, head, keys, 0, 1.0f, buffer);
   return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
+}
+
+// Where each K or V row of a block starts, dim floats from there: the view's own rows for float
+// views with contiguous dims (any token order), else rows converted into `buffer` (keys, dim).
+template <class View>
+const float* const* key_row_pointers(const View& src, index_t head, const TokenRect& keys, float* buffer,
+                                     std::vector<const float*>& rows) {
+  rows.resize(static_cast<size_t>(keys.size()));
+  if constexpr (std::is_same_v<View, TensorView<const float>> || std::is_same_v<View, TensorView<float>>) {
+    if (src.dim_stride == 1) {
+      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = src.row(keys.at(j), head);
+      return rows.data();
+    }
+  }
+  load_rows(src, head, keys, 0, 1.0f, buffer);
+  for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = buffer + j * src.head_dim;
+  return rows.data();
 }
 
 }  // namespace mmattn::kernel

@@ -4,6 +4,8 @@
 // TokenRect, how it is masked from its segment pair's rule, and full blocks skip masking entirely.
 
 #include <Eigen/Core>
+#include <atomic>
+#include <cstdint>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
@@ -83,18 +85,29 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
   }
 }
 
+// A number no other execute_plan call in this process has: the packed-block cache of a thread's
+// workspace is valid within one call only (the next may bring other K and V at the same address).
+inline std::uint64_t next_call_id() {
+  static std::atomic<std::uint64_t> calls{0};
+  return calls.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
 // Every (head, query tile) of a plan, one head at a time so that head's K and V stay in cache
-// across its query tiles (all heads' K/V outgrow the L3: handing out heads tile-first re-read
-// them from memory, ~10% slower, bench/kernel_global). Within a head the costliest tiles go
-// first, so dynamic scheduling balances FLOPs and the last items handed out are cheap.
+// across its query tiles, and its packed blocks in the thread's workspace (all heads' K/V outgrow
+// the L3: handing out heads tile-first re-reads them from memory, bench/kernel_global). Within a
+// head the costliest tiles go first, so dynamic scheduling balances FLOPs and the last items
+// handed out are cheap.
 template <class QView, class KView, class VView, class TO>
 void execute_plan(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                   const TensorView<TO>& out, const LseView& lse, const Executor& executor) {
   const auto tiles = static_cast<index_t>(plan.tile_order.size());
+  const std::uint64_t call = next_call_id();
   executor.parallel_for(tiles * cfg.num_heads, [&](index_t item) {
     thread_local Workspace ws;
+    const index_t head = item / tiles;
+    ws.packed_blocks.begin(call, cfg.kv_head_of(head));
     const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item % tiles)])];
-    attend_tile(plan, tile, tile.block_begin, tile.block_end, item / tiles, cfg, q, k, v, out, lse, ws);
+    attend_tile(plan, tile, tile.block_begin, tile.block_end, head, cfg, q, k, v, out, lse, ws);
   });
 }
 
