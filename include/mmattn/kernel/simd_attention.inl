@@ -70,57 +70,73 @@ inline void gemm_tile(const float* a, index_t a_row, const float* b, index_t ldb
     for (int v = 0; v < NV; ++v) Vec::store(c + i * ldc + v * kWidth, acc[i][v]);
 }
 
-// C (rows_p, n_p) = or += A (rows_p, depth) B (depth, n_p), panel by panel of `Panel` vectors
-// (the last may be narrower): each B panel stays in L1 while every row block passes over it.
-// rows_p is a multiple of kRows, n_p of kWidth.
-template <bool kAccumulate, int NV = Vec::kPanel>
-inline void panel_product(int vectors, const float* a, index_t a_row, const float* b, index_t ldb, float* c,
-                          index_t ldc, index_t rows_p, index_t depth) {
-  if constexpr (NV > 1) {
-    if (vectors < NV) return panel_product<kAccumulate, NV - 1>(vectors, a, a_row, b, ldb, c, ldc, rows_p, depth);
-  }
-  for (index_t i = 0; i < rows_p; i += Vec::kRows)
-    gemm_tile<NV, kAccumulate>(a + i * a_row, a_row, b, ldb, c + i * ldc, ldc, depth);
+// B operands are packed panel-major: the n_p columns in panels of kPanel vectors (the last may be
+// narrower), each panel (depth, width) contiguous. Rows of a whole-matrix layout would sit n_p
+// floats apart, a stride that folds a panel onto a fraction of the L1 sets; contiguous panels
+// stay in L1 while every row block passes over them.
+inline constexpr index_t kPanelWidth = Vec::kPanel * kWidth;
+inline index_t panel_width(index_t n_p, index_t j) { return std::min(kPanelWidth, n_p - j / kPanelWidth * kPanelWidth); }
+// Where column j of row p of a panel-major (depth, n_p) matrix lives.
+inline index_t panel_index(index_t n_p, index_t depth, index_t p, index_t j) {
+  const index_t start = j / kPanelWidth * kPanelWidth;
+  return start * depth + p * panel_width(n_p, j) + (j - start);
 }
 
+// C (rows_p, width) = or += A (rows_p, depth) B, B one panel (depth, width = `vectors` vectors).
+template <bool kAccumulate, int NV = Vec::kPanel>
+inline void panel_product(int vectors, const float* a, index_t a_row, const float* b, float* c, index_t ldc,
+                          index_t rows_p, index_t depth) {
+  if constexpr (NV > 1) {
+    if (vectors < NV) return panel_product<kAccumulate, NV - 1>(vectors, a, a_row, b, c, ldc, rows_p, depth);
+  }
+  for (index_t i = 0; i < rows_p; i += Vec::kRows)
+    gemm_tile<NV, kAccumulate>(a + i * a_row, a_row, b, NV * kWidth, c + i * ldc, ldc, depth);
+}
+
+// C (rows_p, n_p) = or += A (rows_p, depth) B (depth, n_p), B panel-major. rows_p is a multiple
+// of kRows, n_p of kWidth.
 template <bool kAccumulate>
-inline void product(const float* a, index_t a_row, const float* b, index_t ldb, float* c, index_t ldc, index_t rows_p,
-                    index_t n_p, index_t depth) {
-  constexpr index_t panel = Vec::kPanel * kWidth;
-  for (index_t j = 0; j < n_p; j += panel)
-    panel_product<kAccumulate>(static_cast<int>(std::min(panel, n_p - j) / kWidth), a, a_row, b + j, ldb, c + j, ldc,
+inline void product(const float* a, index_t a_row, const float* b, float* c, index_t ldc, index_t rows_p, index_t n_p,
+                    index_t depth) {
+  for (index_t j = 0; j < n_p; j += kPanelWidth)
+    panel_product<kAccumulate>(static_cast<int>(panel_width(n_p, j) / kWidth), a, a_row, b + j * depth, c + j, ldc,
                                rows_p, depth);
 }
 
-// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed as (dim, keys_p).
+// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed panel-major (dim, keys_p).
 inline void scores_product(const float* q, const float* kt, float* s, index_t rows_p, index_t keys_p, index_t dim) {
-  product</*kAccumulate=*/false>(q, dim, kt, keys_p, s, keys_p, rows_p, keys_p, dim);
+  product</*kAccumulate=*/false>(q, dim, kt, s, keys_p, rows_p, keys_p, dim);
 }
 
-// acc (rows_p, dim_p) += P (rows_p, keys) V (keys, dim_p), with P's rows keys_p apart.
+// acc (rows_p, dim_p) += P (rows_p, keys) V (keys, dim_p), with P's rows keys_p apart and V packed
+// panel-major.
 inline void add_values(const float* p, index_t keys_p, const float* v, float* acc, index_t rows_p, index_t keys,
                        index_t dim_p) {
-  product</*kAccumulate=*/true>(p, keys_p, v, dim_p, acc, dim_p, rows_p, dim_p, keys);
+  product</*kAccumulate=*/true>(p, keys_p, v, acc, dim_p, rows_p, dim_p, keys);
 }
 
-// kt (dim, keys_p) = K^T, zero beyond `keys`; K's row j starts at k[j]. Whole 8 x 8 blocks go
-// through registers, the ragged edges element by element.
+// kt = K^T (dim, keys_p) panel-major, zero beyond `keys`; K's row j starts at k[j]. Whole 8 x 8
+// blocks go through registers (a panel is a multiple of 8 wide), the ragged edges one by one.
 inline void pack_keys_transposed(const float* const* k, index_t keys, index_t keys_p, index_t dim, float* kt) {
   const index_t keys8 = keys / 8 * 8, dim8 = dim / 8 * 8;
   for (index_t j = 0; j < keys8; j += 8)
-    for (index_t c = 0; c < dim8; c += 8) avx2::transpose_8x8(k + j, c, kt + c * keys_p + j, keys_p);
+    for (index_t c = 0; c < dim8; c += 8)
+      avx2::transpose_8x8(k + j, c, kt + panel_index(keys_p, dim, c, j), panel_width(keys_p, j));
   for (index_t c = 0; c < dim; ++c) {
-    const index_t j_begin = c < dim8 ? keys8 : 0;
-    for (index_t j = j_begin; j < keys; ++j) kt[c * keys_p + j] = k[j][c];
-    std::fill(kt + c * keys_p + keys, kt + (c + 1) * keys_p, 0.0f);
+    for (index_t j = c < dim8 ? keys8 : 0; j < keys; ++j) kt[panel_index(keys_p, dim, c, j)] = k[j][c];
+    for (index_t j = keys; j < keys_p; ++j) kt[panel_index(keys_p, dim, c, j)] = 0.0f;
   }
 }
 
-// vp (keys, dim_p) = V, zero in the padding columns; V's row j starts at v[j].
+// vp = V (keys, dim_p) panel-major, zero in the padding columns; V's row j starts at v[j].
 inline void pack_values(const float* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
-  for (index_t j = 0; j < keys; ++j) {
-    std::copy(v[j], v[j] + dim, vp + j * dim_p);
-    std::fill(vp + j * dim_p + dim, vp + (j + 1) * dim_p, 0.0f);
+  for (index_t c = 0; c < dim_p; c += kPanelWidth) {
+    const index_t width = panel_width(dim_p, c), used = std::min(width, dim - c);
+    float* panel = vp + c * keys;
+    for (index_t j = 0; j < keys; ++j, panel += width) {
+      std::copy(v[j] + c, v[j] + c + used, panel);
+      std::fill(panel + used, panel + width, 0.0f);
+    }
   }
 }
 
