@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "mmattn/attention_config.hpp"
-#include "mmattn/kernel/tiled_attention.hpp"
+#include "mmattn/kernel/workspace.hpp"
 #include "mmattn/layout.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/policy.hpp"

@@ -28,7 +28,8 @@ inline index_t round_up(index_t n, index_t multiple) { return (n + multiple - 1)
 inline V exp(V x) {
   const V lo = Vec::set1(-87.0f);
   const V xc = Vec::max(lo, Vec::min(Vec::set1(88.0f), x));
-  const V n = Vec::round(Vec::mul(xc, Vec::set1(1.44269504088896341f)));
+  const V shifter = Vec::set1(12582912.0f);  // 1.5 * 2^23: adding it rounds |t| < 2^22 to an integer
+  const V n = Vec::sub(Vec::fmadd(xc, Vec::set1(1.44269504088896341f), shifter), shifter);
   V r = Vec::fnmadd(n, Vec::set1(0.693359375f), xc);  // ln 2 in two parts (Cephes): r exact
   r = Vec::fnmadd(n, Vec::set1(-2.12194440e-4f), r);
   V p = Vec::set1(1.9875691500e-4f);

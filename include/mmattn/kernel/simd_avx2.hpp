@@ -49,7 +49,6 @@ struct Vec {
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a b
   static V max(V a, V b) { return _mm256_max_ps(a, b); }                // b when either is NaN
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
-  static V round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   // p 2^n for integral n in [-126, 127], the range exp() leaves: n goes straight into the exponent.
   static V ldexp(V p, V n) {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);

@@ -51,7 +51,6 @@ struct Vec {
   static constexpr __mmask16 kAll = 0xFFFF;
   static V max(V a, V b) { return _mm512_mask_max_ps(a, kAll, a, b); }  // b when either is NaN
   static V min(V a, V b) { return _mm512_mask_min_ps(a, kAll, a, b); }
-  static V round(V x) { return _mm512_mask_roundscale_ps(x, kAll, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V ldexp(V p, V n) { return _mm512_mask_scalef_ps(p, kAll, p, n); }
   static V zero_where_below(V x, V lo, V value) {
     return _mm512_mask_mov_ps(value, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), zero());

@@ -2,6 +2,8 @@
 // The tiled online-softmax loop of prefill. Every region kernel (global, causal, windowed, cross)
 // is this loop over a different list of key blocks: how a block's keys are gathered comes from its
 // TokenRect, how it is masked from its segment pair's rule, and full blocks skip masking entirely.
+// attend_tile runs it on the micro-kernels of the CPU's best instruction set (simd_avx512.hpp,
+// simd_avx2.hpp) or, as the portable path, on Eigen products (attend_tile_eigen).
 
 #include <Eigen/Core>
 #include <atomic>
