@@ -117,5 +117,35 @@ TEST(Npy, MalformedFilesGetClearErrors) {
   EXPECT_TRUE(contains(error_message([&] { parse_npy(good).view_thd(); }), "needs a 3-d array"));
 }
 
+// The element count comes from the header, so its product is checked before any byte count or
+// allocation derives from it: a product past 2^40 or past index_t is refused, whatever the file
+// holds; an extent of 0 makes an empty array however large the others. The writer checks too.
+TEST(Npy, ShapesWhoseSizeOverflowsAreRefused) {
+  const std::string some_data = raw(iota(6));
+  for (const std::vector<index_t>& shape :
+       {std::vector<index_t>{3037000500, 3037000500},                  // 9.2e18: wraps int64
+        std::vector<index_t>{999999999999999999, 999999999999999999},  // the largest extents parsed
+        std::vector<index_t>{index_t{1} << 20, index_t{1} << 21},      // 2^41 elements: fits, too large
+        std::vector<index_t>{index_t{1} << 31, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2}}) {  // 2^41 over many axes
+    const std::string msg = error_message([&] { parse_npy(npy_header(shape) + some_data, "big.npy"); });
+    EXPECT_TRUE(contains(msg, "npy: big.npy: shape " + npy_shape_string(shape) + " is too large")) << msg;
+  }
+  EXPECT_TRUE(contains(error_message([&] { parse_npy(npy_header({index_t{1} << 40}) + some_data); }),
+                       "truncated data: shape (1099511627776,) of <f4 needs 4398046511104 bytes, the file has 24"));
+  EXPECT_TRUE(contains(load_error(header_v2("{'descr': '<f4', 'fortran_order': False, 'shape': (1234567890123456789,)}\n")),
+                       "malformed shape entry '1234567890123456789'"));  // 19 digits: not parsed at all
+
+  const NpyArray empty = parse_npy(npy_header({0, 999999999999999999}));
+  EXPECT_EQ(empty.shape, (std::vector<index_t>{0, 999999999999999999}));
+  EXPECT_TRUE(empty.data.empty());
+  EXPECT_TRUE(contains(error_message([&] { parse_npy(npy_header({999999999999999999, 0}) + "x"); }),
+                       "1 bytes after the data"));
+
+  const float x = 1.0f;
+  EXPECT_TRUE(contains(error_message([&] { npy_bytes({3037000500, 3037000500}, &x); }), "npy: writing: shape"));
+  EXPECT_TRUE(contains(error_message([&] { npy_bytes({2, -1}, &x); }), "npy: writing: negative extent in shape (2, -1)"));
+  EXPECT_EQ(npy_bytes({0, 5}, nullptr), npy_header({0, 5}));
+}
+
 }  // namespace
 }  // namespace mmattn::test

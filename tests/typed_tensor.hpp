@@ -23,10 +23,11 @@ inline const char* type_name<Eigen::bfloat16>() { return "bf16"; }
 template <>
 inline const char* type_name<Eigen::half>() { return "f16"; }
 
-// Half the distance between 1 and the next value: the relative error of one rounding.
+// Half the distance between 1 and the next value, 2^-p for p significant bits: the largest
+// relative error of one rounding to nearest.
 template <class T>
 double unit_roundoff() {
-  if constexpr (std::is_same_v<T, Eigen::bfloat16>) return 0x1p-9;  // 8 significant bits
+  if constexpr (std::is_same_v<T, Eigen::bfloat16>) return 0x1p-8;  // 8 significant bits
   if constexpr (std::is_same_v<T, Eigen::half>) return 0x1p-11;      // 11
   return 0x1p-24;                                                    // 24
 }

@@ -1,15 +1,21 @@
 // Bad input: each case must throw mmattn::Error, name the problem in its message, and leave the
 // output and log-sum-exp buffers exactly as they were (nothing is written before validation).
+// And input accepted on purpose, with what it gives: broadcast keys, scores that overflow fp32.
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "mmattn/decode.hpp"
 #include "mmattn/flash_attention.hpp"
 #include "mmattn/merge.hpp"
+#include "mmattn/multimodal_attention.hpp"
 #include "mmattn/reference.hpp"
 #include "test_util.hpp"
 
@@ -278,6 +284,94 @@ TEST(Validation, InfiniteScale) {
   expect_rejected(c, "scale must be finite");
   c.cfg.scale = -kInf;
   expect_rejected(c, "scale must be finite");
+}
+
+// A finite scale is accepted whatever the inputs; the scores scale * q . k are fp32, and nothing
+// scans Q and K for ones beyond +-3.4e38 (that would be a second pass over the whole K cache in
+// decode). Where scores stay finite, even huge ones, the result is exact; where one overflows it
+// is +inf or NaN (inf - inf) and the row's output and log-sum-exp are NaN, and a score that
+// overflows to -inf weighs nothing, as a -inf key does: a row whose every score does gets zeros
+// and -inf, like a row that sees no key. The reference, in double, is finite there.
+struct OverflowRun {
+  Tensor out;
+  Lse lse;
+};
+std::vector<OverflowRun> run_every_path(const AttentionConfig& cfg, const Buffers& b) {
+  const index_t n = b.k.tokens();
+  SequenceLayout layout;
+  layout.add_text(n);
+  const MultimodalAttention<float> mm(cfg, layout, RegionPolicy::decoder_causal());
+  std::vector<OverflowRun> runs;
+  for (int path = 0; path < 4; ++path) {
+    OverflowRun r{Tensor(n, cfg.num_heads, cfg.head_dim), Lse(n, cfg.num_heads)};
+    GlobalOptions options;
+    options.causal = true;
+    SplitKvOptions split;
+    split.splits = 2;
+    split.min_keys_per_split = 1;
+    DecodeOptions decode;
+    decode.split = split;
+    TensorView<const float> last_q = b.q.cview();  // decode: the last token against the cache
+    last_q.data = b.q.view.row(n - 1, 0), last_q.tokens = 1;
+    TensorView<float> last_out = r.out.view;
+    last_out.data = r.out.view.row(n - 1, 0), last_out.tokens = 1;
+    LseView last_lse = r.lse.view;
+    last_lse.data = &r.lse.view(n - 1, 0), last_lse.tokens = 1;
+    if (path == 0) mm.forward(b.q.cview(), b.k.cview(), b.v.cview(), r.out.view, r.lse.view);
+    if (path == 1) mm.forward_split_kv(b.q.cview(), b.k.cview(), b.v.cview(), r.out.view, r.lse.view, split);
+    if (path == 2) flash_attention(cfg, b.q.cview(), b.k.cview(), b.v.cview(), r.out.view, r.lse.view, options);
+    if (path == 3)
+      decode_attention(cfg, layout, RegionPolicy::decoder_causal(), last_q, b.k.cview(), b.v.cview(), last_out, last_lse,
+                       decode);
+    runs.push_back(std::move(r));
+  }
+  return runs;
+}
+// The rows every path computed (decode: the last one).
+template <class F>
+void for_each_computed_row(const std::vector<OverflowRun>& runs, index_t n, F&& f) {
+  for (size_t p = 0; p < runs.size(); ++p)
+    for (index_t r = p == 3 ? n - 1 : 0; r < n; ++r) f(p, r, runs[p]);
+}
+
+TEST(Validation, HugeFiniteScoresAreExact) {
+  const index_t n = 6;
+  AttentionConfig cfg = make_config(2, 1, 16);
+  cfg.scale = 1e30f;  // scores ~1e30: the softmax is the arg max, the LSE the largest score
+  const Buffers b = make_qkv(cfg, n, n, 3);
+  const Result ref = run_reference(cfg, b, CausalKeys{});
+  for_each_computed_row(run_every_path(cfg, b), n, [&](size_t path, index_t r, const OverflowRun& run) {
+    for (index_t h = 0; h < 2; ++h) {
+      EXPECT_NEAR(run.lse(r, h), ref.lse(r, h), 1e-5 * std::abs(ref.lse(r, h))) << "path " << path << " row " << r;
+      for (index_t d = 0; d < 16; ++d) EXPECT_NEAR(run.out.view(r, h, d), ref.out.view(r, h, d), 1e-5) << "path " << path;
+    }
+  });
+}
+
+TEST(Validation, OverflowingScoresGiveNaNOrAnEmptyRow) {
+  const index_t n = 6;
+  // Inputs ~1e20 at head_dim 128: q . k ~ 1e41, each product past fp32's range.
+  AttentionConfig cfg = make_config(1, 1, 128);
+  Buffers b = make_qkv(cfg, n, n, 3);
+  for (float& x : b.q.storage) x *= 1e20f;
+  for (float& x : b.k.storage) x *= 1e20f;
+  const Result ref = run_reference(cfg, b, CausalKeys{});
+  EXPECT_TRUE(std::isfinite(ref.out.view(n - 1, 0, 0)));
+  for_each_computed_row(run_every_path(cfg, b), n, [&](size_t path, index_t r, const OverflowRun& run) {
+    EXPECT_TRUE(std::isnan(run.out.view(r, 0, 0)) && std::isnan(run.lse(r, 0))) << "path " << path << " row " << r;
+  });
+
+  // Every score -1e40 * scale: -inf, so no key weighs anything.
+  cfg = make_config(1, 1, 4);
+  b = make_qkv(cfg, n, n, 3);
+  for (index_t t = 0; t < n; ++t)
+    for (index_t d = 0; d < 4; ++d) b.q.view(t, 0, d) = -1e20f, b.k.view(t, 0, d) = 1e20f;
+  const Result empty_ref = run_reference(cfg, b, CausalKeys{});
+  EXPECT_EQ(empty_ref.out.view(0, 0, 0), b.v.view(0, 0, 0));  // one key, weight 1
+  for_each_computed_row(run_every_path(cfg, b), n, [&](size_t path, index_t r, const OverflowRun& run) {
+    for (index_t d = 0; d < 4; ++d) EXPECT_EQ(run.out.view(r, 0, d), 0.0f) << "path " << path << " row " << r;
+    EXPECT_EQ(run.lse(r, 0), -kInf) << "path " << path << " row " << r;
+  });
 }
 
 TEST(Validation, NegativeQueryOffset) {

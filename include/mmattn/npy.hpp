@@ -92,6 +92,24 @@ inline std::vector<index_t> parse_npy_shape(const std::string& field, const std:
   return shape;
 }
 
+// The product of a shape's extents, refused with an error where it overflows or passes 2^40
+// elements (4 TiB of floats, beyond any file this reads), so the byte counts derived from it fit
+// in index_t. An extent of 0 makes it 0 whatever the others: numpy writes (0, n) for any n.
+inline index_t npy_element_count(const std::vector<index_t>& shape, const std::string& what) {
+  constexpr index_t kMaxElements = index_t{1} << 40;
+  bool empty = false;
+  for (const index_t d : shape) {
+    MMATTN_REQUIRE(d >= 0, what + ": negative extent in shape " + npy_shape_string(shape));
+    empty |= d == 0;
+  }
+  if (empty) return 0;
+  index_t count = 1;
+  for (const index_t d : shape)
+    MMATTN_REQUIRE(!__builtin_mul_overflow(count, d, &count) && count <= kMaxElements,
+                   what + ": shape " + npy_shape_string(shape) + " is too large (more than 2^40 elements)");
+  return count;
+}
+
 template <class T>
 void npy_convert(const char* src, index_t n, float* dst) {
   for (index_t i = 0; i < n; ++i) {
@@ -142,11 +160,8 @@ inline NpyArray parse_npy(const std::string& bytes, const std::string& name = "<
                                    "' (little-endian float32 '<f4' is read, and '<f2', '<f8' converted)");
   MMATTN_REQUIRE(detail::host_is_little_endian(), "npy: " + name + ": reading needs a little-endian host");
 
-  index_t count = 1;
-  for (const index_t d : a.shape)
-    MMATTN_REQUIRE(d >= 0 && !__builtin_mul_overflow(count, d, &count) && count <= (index_t(1) << 40),
-                   "npy: " + name + ": shape " + npy_shape_string(a.shape) + " is too large");
-  const index_t expected = count * itemsize, present = static_cast<index_t>(bytes.size() - data_at);
+  const index_t count = detail::npy_element_count(a.shape, "npy: " + name);
+  const index_t expected = count * itemsize, present = static_cast<index_t>(bytes.size() - data_at);  // <= 2^43
   MMATTN_REQUIRE(present >= expected, "npy: " + name + ": truncated data: shape " + npy_shape_string(a.shape) + " of " +
                                           a.descr + " needs " + std::to_string(expected) + " bytes, the file has " +
                                           std::to_string(present));
@@ -187,6 +202,8 @@ inline std::string npy_header(const std::vector<index_t>& shape, const std::stri
   const size_t unpadded = detail::kNpyMagicSize + 4 + dict.size() + 1;
   dict.append((64 - unpadded % 64) % 64, ' ');
   dict += '\n';
+  MMATTN_REQUIRE(dict.size() <= 0xffff, "npy: a header of " + std::to_string(dict.size()) +
+                                            " bytes does not fit version 1.0's 16-bit length");
   std::string h(detail::kNpyMagic, detail::kNpyMagicSize);
   h += '\x01';
   h += '\x00';
@@ -198,10 +215,9 @@ inline std::string npy_header(const std::vector<index_t>& shape, const std::stri
 // A whole '<f4' file: data holds prod(shape) floats in C order.
 inline std::string npy_bytes(const std::vector<index_t>& shape, const float* data) {
   MMATTN_REQUIRE(detail::host_is_little_endian(), "npy: writing needs a little-endian host");
-  index_t count = 1;
-  for (const index_t d : shape) count *= d;
+  const index_t count = detail::npy_element_count(shape, "npy: writing");
   std::string out = npy_header(shape);
-  out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(count) * sizeof(float));
+  if (count > 0) out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(count) * sizeof(float));
   return out;
 }
 
