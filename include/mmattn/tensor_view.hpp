@@ -25,8 +25,6 @@ struct TensorView {
   T* row(index_t token, index_t head) const { return data + token * token_stride + head * head_stride; }
   T& operator()(index_t token, index_t head, index_t d) const { return row(token, head)[d * dim_stride]; }
   index_t size() const { return tokens * heads * head_dim; }
-  // A head's rows [token, token + n) are one dense row-major (n, head_dim) block.
-  bool rows_dense() const { return dim_stride == 1; }
 
   operator TensorView<const T>() const {  // NOLINT: views convert to read-only like pointers do
     return {data, tokens, heads, head_dim, token_stride, head_stride, dim_stride};
