@@ -443,15 +443,12 @@ TEST(Planner, OnePlanServesEveryLayer) {
   ASSERT_EQ(used.query_tiles.size(), want.query_tiles.size());
   for (size_t t = 0; t < want.query_tiles.size(); ++t) {
     const QueryTile &a = used.query_tiles[t], &b = want.query_tiles[t];
-    EXPECT_TRUE(a.queries.start == b.queries.start && a.queries.pitch == b.queries.pitch &&
-                a.queries.rows == b.queries.rows && a.queries.cols == b.queries.cols)
-        << "tile " << t;
+    EXPECT_TRUE(a.queries == b.queries) << "tile " << t;
     ASSERT_EQ(a.block_end - a.block_begin, b.block_end - b.block_begin) << "tile " << t;
     for (index_t i = 0; i < b.block_end - b.block_begin; ++i) {
       const KeyBlock& x = used.blocks[static_cast<size_t>(a.block_begin + i)];
       const KeyBlock& y = want.blocks[static_cast<size_t>(b.block_begin + i)];
-      EXPECT_TRUE(x.keys.start == y.keys.start && x.keys.pitch == y.keys.pitch && x.keys.rows == y.keys.rows &&
-                  x.keys.cols == y.keys.cols && x.full == y.full && x.key_segment == y.key_segment)
+      EXPECT_TRUE(x.keys == y.keys && x.full == y.full && x.key_segment == y.key_segment)
           << "tile " << t << ", block " << i;
     }
   }

@@ -18,6 +18,11 @@ struct TokenRect {
   index_t first() const { return start; }
   index_t last() const { return start + (rows - 1) * pitch + cols - 1; }
   index_t at(index_t i) const { return start + (i / cols) * pitch + i % cols; }
+
+  friend bool operator==(const TokenRect& a, const TokenRect& b) {
+    return a.start == b.start && a.pitch == b.pitch && a.rows == b.rows && a.cols == b.cols;
+  }
+  friend bool operator!=(const TokenRect& a, const TokenRect& b) { return !(a == b); }
 };
 
 }  // namespace mmattn

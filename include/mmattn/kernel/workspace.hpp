@@ -36,8 +36,7 @@ class PackedBlocks {
 
   Block* find(const TokenRect& keys) {
     for (Entry& e : entries_)
-      if (e.keys.start == keys.start && e.keys.pitch == keys.pitch && e.keys.rows == keys.rows && e.keys.cols == keys.cols)
-        return &e.block;
+      if (e.keys == keys) return &e.block;
     return nullptr;
   }
 
