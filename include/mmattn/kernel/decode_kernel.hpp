@@ -408,10 +408,10 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
 
   for (index_t r = 0; r < rows; ++r) {
     const index_t head = r / m, token = tile.queries.at(r % m) - plan.query_begin;
-    const float l = row_sum[r], inv = l == 0 ? 0.0f : 1.0f / l;  // NaN stays NaN
+    const float inv = normaliser(row_sum[r]);
     TO* dst = out.row(token, head);
     for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc(r, d) * inv);
-    if (lse) lse(token, head) = l == 0 ? kNegInf : row_max[r] + std::log(l);
+    if (lse) lse(token, head) = row_log_sum_exp(row_max[r], row_sum[r]);
   }
 }
 

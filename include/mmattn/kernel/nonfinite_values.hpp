@@ -40,9 +40,10 @@ inline void add_nonfinite_rows(const NonFiniteRows& bad, const float* p, index_t
                                const TokenRect& queries, const TokenRect& keys, const PairMask& mask) {
   for (size_t b = 0; b < bad.keys.size(); ++b) {
     const index_t j = bad.keys[b];
+    const auto row = bad.values.row(static_cast<index_t>(b));
     for (index_t i = 0; i < queries.size(); ++i)
       if (mask.allowed(queries.at(i), keys.at(j)))
-        Eigen::Map<Eigen::RowVectorXf>(acc + i * ld_acc, bad.values.cols()) += p[i * ldp + j] * bad.values.row(static_cast<index_t>(b));
+        Eigen::Map<Eigen::RowVectorXf>(acc + i * ld_acc, row.cols()) += p[i * ldp + j] * row;
   }
 }
 

@@ -43,6 +43,13 @@ float online_softmax_step(Row&& s, float& row_max, float& row_sum, bool masked) 
   return alpha;
 }
 
+// A finished row: what its accumulator is multiplied by, and its log-sum-exp. A row that saw no
+// allowed key (sum 0) gets 0 and -inf, so its output is zeros; a NaN sum stays NaN in both.
+inline float normaliser(float row_sum) { return row_sum == 0 ? 0.0f : 1.0f / row_sum; }
+inline float row_log_sum_exp(float row_max, float row_sum) {
+  return row_sum == 0 ? kNegInf : row_max + std::log(row_sum);
+}
+
 class OnlineSoftmax {
  public:
   // Buffers belong to the caller's workspace: acc (rows, dim), row_max and row_sum (rows).
@@ -68,11 +75,8 @@ class OnlineSoftmax {
   // allowed key gets zeros and -inf, a row that saw a NaN gets NaN for both.
   template <class WriteRow>
   void finalize(WriteRow&& write_row) const {
-    for (index_t i = 0; i < acc_.rows(); ++i) {
-      const float l = sum_[i];
-      const float inv = l == 0 ? 0.0f : 1.0f / l;
-      write_row(i, acc_.row(i) * inv, l == 0 ? kNegInf : max_[i] + std::log(l));
-    }
+    for (index_t i = 0; i < acc_.rows(); ++i)
+      write_row(i, acc_.row(i) * normaliser(sum_[i]), row_log_sum_exp(max_[i], sum_[i]));
   }
 
  private:

@@ -22,7 +22,8 @@ inline constexpr index_t kWidth = Vec::kWidth;
 
 inline index_t round_up(index_t n, index_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
-// exp(x), ~1 ulp over the range the softmax uses (x <= 0). Exactly 0 below -87 (so -inf, a masked
+// exp(x), within 2 ulp of the double-precision exp over [-87, 0], the range the softmax uses.
+// Exactly 0 below -87 (so -inf, a masked
 // score, gives 0 and no denormal weight), NaN stays NaN: min/max return their second operand when
 // one is NaN, and x is always the second.
 inline V exp(V x) {
@@ -241,8 +242,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
   }
 
   for (index_t i = 0; i < rows; ++i) {
-    const float l = row_sum[i];
-    const float inv = l == 0 ? 0.0f : 1.0f / l;
+    const float inv = normaliser(row_sum[i]);
     const index_t token = tile.queries.at(i) - plan.query_begin;
     TO* dst = out.row(token, head);
     float* const o = acc + i * dim_p;
@@ -252,6 +252,6 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     } else {
       for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o[d] * inv);
     }
-    if (lse) lse(token, head) = l == 0 ? kNegInf : row_max[i] + std::log(l);
+    if (lse) lse(token, head) = row_log_sum_exp(row_max[i], row_sum[i]);
   }
 }

@@ -76,7 +76,7 @@ struct Workspace {
   // thread's buffers happen to sit, so every thread computes the same bits.
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
   Buffer q, k, v, scores, acc, row_max, row_sum;
-  Buffer packed;             // K^T of a block for the micro-kernels (kernel/simd_attention.inl)
+  Buffer packed;             // a block's K^T or V packed for the micro-kernels when not cached
   std::vector<KeyRun> runs;  // a masked row's allowed keys
   std::vector<const float*> key_rows;  // where a block's K or V rows start
   PackedBlocks packed_blocks;
