@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <set>
 #include <vector>
 
 #include "mmattn/attention_config.hpp"
@@ -53,10 +54,19 @@ struct PlanStats {
   }
 };
 
-// Bytes of scratch one thread uses to run the plan at this head_dim (it holds no N x N buffer).
+// Bytes of scratch one thread uses to run the plan at this head_dim, at most (it holds no N x N
+// buffer): the tiles, a masked row's allowed runs, and the packed-block cache, which holds the
+// plan's distinct key blocks of one KV head up to its budget.
 inline index_t workspace_bytes_per_thread(const Plan& plan, index_t head_dim) {
+  std::set<std::array<index_t, 4>> distinct;
+  index_t packed = 0;
+  for (const KeyBlock& b : plan.blocks)
+    if (distinct.insert({b.keys.start, b.keys.pitch, b.keys.rows, b.keys.cols}).second)
+      packed += kernel::PackedBlocks::block_floats(b.keys.size(), head_dim);
+  const auto bytes = static_cast<index_t>(sizeof(float));
   return kernel::Workspace::bytes(plan.tiles.query, plan.tiles.key, head_dim) +
-         plan.tiles.key * static_cast<index_t>(sizeof(KeyRun));  // a masked row's allowed runs
+         plan.tiles.key * static_cast<index_t>(sizeof(KeyRun)) +
+         bytes * std::min(packed, kernel::PackedBlocks::kBudgetFloats);
 }
 
 // Under `layout` and `policy`; the plan's own are what it was made from (the overload below).

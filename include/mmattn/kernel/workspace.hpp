@@ -28,6 +28,12 @@ class PackedBlocks {
     bool values_finite = true;  // every packed value finite: P V needs no guard
   };
 
+  // Floats one packed block of `keys` keys takes, padded as the widest kernels pad (16 floats).
+  static index_t block_floats(index_t keys, index_t dim) {
+    constexpr index_t kPad = 16;
+    return dim * ((keys + kPad - 1) / kPad * kPad) + keys * ((dim + kPad - 1) / kPad * kPad);
+  }
+
   // Starts using the cache for KV head `kv_head` of call `call` (0: never cache).
   void begin(std::uint64_t call, index_t kv_head) {
     if (call != call_ || kv_head != kv_head_) entries_.clear(), used_ = 0;
