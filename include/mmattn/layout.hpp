@@ -5,12 +5,19 @@
 // so mask rules see one kind of coordinate.
 
 #include <algorithm>
+#include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "mmattn/config.hpp"
 
 namespace mmattn {
+
+namespace detail {
+// Boost's hash_combine: mixes v into seed so that the order of the values matters.
+inline void hash_combine(std::size_t& seed, std::size_t v) { seed ^= v + 0x9e3779b97f4a7c15ull + (seed << 6) + (seed >> 2); }
+}  // namespace detail
 
 enum class SegmentKind : unsigned char { text, image, video };
 inline constexpr int kSegmentKinds = 3;
@@ -44,6 +51,11 @@ struct Segment {
   index_t position(index_t frame, index_t row, index_t col) const {
     return start + (frame * rows + row) * cols + col;
   }
+  friend bool operator==(const Segment& a, const Segment& b) {
+    return a.kind == b.kind && a.start == b.start && a.length == b.length && a.frames == b.frames &&
+           a.rows == b.rows && a.cols == b.cols;
+  }
+  friend bool operator!=(const Segment& a, const Segment& b) { return !(a == b); }
 };
 
 struct TokenCoord {
@@ -57,6 +69,20 @@ class SequenceLayout {
   SequenceLayout& add_text(index_t length) {
     MMATTN_REQUIRE(length > 0, "layout: a text segment needs at least one token, got " + std::to_string(length));
     return push(SegmentKind::text, 1, 1, length);
+  }
+  // Appends `length` text tokens to the last segment when it is text, else as a new text segment.
+  // Decode grows the layout this way: one segment however many tokens are generated, so a step's
+  // plan (O(segments)) costs the same at any length, where add_text(1) per token made the layout
+  // one segment per token. Segment indices do not move, so per-segment policy overrides keep
+  // naming the same segments; an override naming the last text segment covers the new tokens.
+  SequenceLayout& extend_text(index_t length) {
+    MMATTN_REQUIRE(length > 0, "layout: extend_text needs at least one token, got " + std::to_string(length));
+    if (segments_.empty() || !segments_.back().is_text()) return add_text(length);
+    Segment& last = segments_.back();
+    detail::checked_add(size(), length, "layout");
+    last.length += length;
+    last.cols += length;
+    return *this;
   }
   SequenceLayout& add_image(index_t rows, index_t cols) {
     MMATTN_REQUIRE(rows > 0 && cols > 0, "layout: an image grid must be at least 1 x 1, got " +
@@ -88,6 +114,17 @@ class SequenceLayout {
   index_t video_tokens() const { return count_tokens(SegmentKind::video); }
   index_t text_tokens() const { return count_tokens(SegmentKind::text); }
   index_t tokens_of(SegmentKind kind) const { return count_tokens(kind); }
+
+  friend bool operator==(const SequenceLayout& a, const SequenceLayout& b) { return a.segments_ == b.segments_; }
+  friend bool operator!=(const SequenceLayout& a, const SequenceLayout& b) { return !(a == b); }
+  // Equal layouts hash alike; O(segments).
+  std::size_t hash() const {
+    std::size_t h = segments_.size();
+    for (const Segment& s : segments_)
+      for (const index_t v : {static_cast<index_t>(s.kind), s.length, s.frames, s.rows, s.cols})
+        detail::hash_combine(h, std::hash<index_t>{}(v));
+    return h;
+  }
 
   void validate() const { MMATTN_REQUIRE(size() > 0, "layout: the sequence has no tokens"); }
 

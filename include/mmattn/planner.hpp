@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -35,6 +37,21 @@ struct PlanOptions {
   // a key at or after e (chunked prefill: those K/V are not written yet), unless the caller says
   // all keys are present (K/V computed for the whole layout up front).
   bool all_keys_present = false;
+
+  // Field by field (a cache key: PlanCache resolves query_end < 0 first).
+  friend bool operator==(const PlanOptions& a, const PlanOptions& b) {
+    return a.tiles.query == b.tiles.query && a.tiles.key == b.tiles.key && a.tiles.window_query == b.tiles.window_query &&
+           a.image_tiling == b.image_tiling && a.query_begin == b.query_begin && a.query_end == b.query_end &&
+           a.all_keys_present == b.all_keys_present;
+  }
+  friend bool operator!=(const PlanOptions& a, const PlanOptions& b) { return !(a == b); }
+  std::size_t hash() const {
+    std::size_t h = std::hash<index_t>{}(tiles.query);
+    for (const index_t v : {tiles.key, tiles.window_query, static_cast<index_t>(image_tiling), query_begin, query_end,
+                            static_cast<index_t>(all_keys_present)})
+      detail::hash_combine(h, std::hash<index_t>{}(v));
+    return h;
+  }
 };
 
 namespace detail {
@@ -83,6 +100,7 @@ inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, i
                             index_t end, std::vector<index_t> cuts, index_t key_tile, std::vector<KeyBlock>& blocks) {
   cuts.push_back(end);
   std::sort(cuts.begin(), cuts.end());
+  if (end > begin) blocks.reserve(blocks.size() + static_cast<size_t>((end - begin) / key_tile) + cuts.size());
   index_t k0 = begin;
   for (const index_t cut : cuts) {
     const index_t stop = std::min(cut, end);
@@ -91,6 +109,14 @@ inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, i
       const BlockCoverage c = mask.classify(q, keys);
       if (c != BlockCoverage::empty) blocks.push_back({keys, c == BlockCoverage::full, key_segment});
       k0 += keys.cols;
+      // Interval sets and a full block past the sinks: every later block ending before hi_min is
+      // full too (classify's own first test), so a long run of seen keys, a decode step's grown
+      // text, costs a store per block and no classification.
+      if (c == BlockCoverage::full && q.intervals && keys.first() >= q.sink_max) {
+        const index_t full_end = std::min(stop, q.hi_min);
+        for (; k0 + key_tile <= full_end; k0 += key_tile)
+          blocks.push_back({TokenRect::span(k0, key_tile), true, key_segment});
+      }
     }
   }
 }

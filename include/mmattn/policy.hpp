@@ -6,8 +6,12 @@
 // the tests use.
 
 #include <array>
+#include <cstddef>
+#include <functional>
 #include <string>
+#include <tuple>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "mmattn/layout.hpp"
@@ -45,6 +49,61 @@ inline Region region_of(const SequenceLayout& layout, index_t query_segment, ind
   const Segment& k = layout.segment(key_segment);
   return query_segment == key_segment ? Region::within(q.kind) : Region::across(q.kind, k.kind);
 }
+
+namespace detail {
+
+// What makes a rule the rule it is, as a tuple, for equality and hashing (PlanCache keys). A new
+// rule in RuleVariant needs an overload here, or rule_equal below fails to compile. A custom rule
+// is its shared predicate's identity: std::function has no equality, so two policies are equal
+// when they hold the same Rule::predicate object (copies of one policy or one Rule), and two
+// predicates built apart never compare equal, even from the same lambda (a cache miss, never a
+// wrong hit).
+inline std::tuple<> rule_fields(const NoneRule&) { return {}; }
+inline std::tuple<> rule_fields(const FullRule&) { return {}; }
+inline std::tuple<> rule_fields(const CausalRule&) { return {}; }
+inline auto rule_fields(const SlidingWindowRule& r) { return std::make_tuple(r.left, r.right); }
+inline auto rule_fields(const ChunkedRule& r) { return std::make_tuple(r.chunk); }
+inline auto rule_fields(const DilatedBandRule& r) { return std::make_tuple(r.left, r.right, r.dilation); }
+inline auto rule_fields(const Window2D& w) {
+  return std::make_tuple(static_cast<int>(w.kind), w.height, w.width, w.dilation_h, w.dilation_w, w.causal);
+}
+inline auto rule_fields(const Window3D& w) {
+  return std::make_tuple(static_cast<int>(w.kind), w.frames, w.height, w.width, w.dilation_f, w.dilation_h,
+                         w.dilation_w, w.causal_frames);
+}
+inline auto rule_fields(const SharedCustomRule& r) { return std::make_tuple(static_cast<const void*>(r.rule.get())); }
+
+template <class Tuple>
+std::size_t hash_tuple(std::size_t seed, const Tuple& t) {
+  std::apply([&](const auto&... f) { (hash_combine(seed, std::hash<std::decay_t<decltype(f)>>{}(f)), ...); }, t);
+  return seed;
+}
+
+// f(alternative) on the rule's alternative of RuleVariant (Rule keeps its variant private).
+template <class F, std::size_t I = 0>
+auto visit_rule(const Rule& r, F&& f) {
+  using R = std::variant_alternative_t<I, RuleVariant>;
+  if constexpr (I + 1 == std::variant_size_v<RuleVariant>) {
+    return f(I, *r.get<R>());
+  } else {
+    if (const R* alt = r.get<R>()) return f(I, *alt);
+    return visit_rule<F, I + 1>(r, std::forward<F>(f));
+  }
+}
+
+inline bool rule_equal(const Rule& a, const Rule& b) {
+  return visit_rule(a, [&](std::size_t, const auto& x) {
+    using R = std::decay_t<decltype(x)>;
+    const R* y = b.get<R>();
+    return y != nullptr && rule_fields(x) == rule_fields(*y);
+  });
+}
+
+inline std::size_t rule_hash(const Rule& r) {
+  return visit_rule(r, [](std::size_t alternative, const auto& x) { return hash_tuple(alternative, rule_fields(x)); });
+}
+
+}  // namespace detail
 
 class RegionPolicy {
  public:
@@ -117,6 +176,32 @@ class RegionPolicy {
                          std::to_string(layout.num_segments()));
       check(o.rule, layout.segment(o.query_segment), layout.segment(o.key_segment), where);
     }
+  }
+
+  // Same table, same overrides in the same order, same sinks (custom rules: see detail::rule_fields).
+  // Overrides set in another order compare unequal: for a cache that is only a miss.
+  friend bool operator==(const RegionPolicy& a, const RegionPolicy& b) {
+    if (a.sinks_ != b.sinks_ || a.overrides_.size() != b.overrides_.size()) return false;
+    for (size_t i = 0; i < a.table_.size(); ++i)
+      if (!detail::rule_equal(a.table_[i], b.table_[i])) return false;
+    for (size_t i = 0; i < a.overrides_.size(); ++i) {
+      const Override &x = a.overrides_[i], &y = b.overrides_[i];
+      if (x.query_segment != y.query_segment || x.key_segment != y.key_segment || !detail::rule_equal(x.rule, y.rule))
+        return false;
+    }
+    return true;
+  }
+  friend bool operator!=(const RegionPolicy& a, const RegionPolicy& b) { return !(a == b); }
+  // Equal policies hash alike.
+  std::size_t hash() const {
+    std::size_t h = std::hash<index_t>{}(sinks_);
+    for (const Rule& r : table_) detail::hash_combine(h, detail::rule_hash(r));
+    for (const Override& o : overrides_) {
+      detail::hash_combine(h, std::hash<index_t>{}(o.query_segment));
+      detail::hash_combine(h, std::hash<index_t>{}(o.key_segment));
+      detail::hash_combine(h, detail::rule_hash(o.rule));
+    }
+    return h;
   }
 
   // --- Presets. Each names the model and where its mask comes from. ---
