@@ -291,7 +291,8 @@ struct PhaseClock {
 void softmax_rows(mmattn::kernel::RowMap& scores, float* acc, float* row_max, float* row_sum, index_t dim) {
   for (index_t i = 0; i < scores.rows(); ++i) {
     const float alpha =
-        mmattn::kernel::online_softmax_step(scores.row(i).array(), row_max[i], row_sum[i], /*masked=*/false);
+        mmattn::kernel::online_softmax_step(scores.row(i).array(), row_max[i], row_sum[i], /*masked=*/false,
+                                            /*factor=*/1.0f);  // Q arrives pre-scaled
     if (alpha != 1.0f) Eigen::Map<Eigen::RowVectorXf>(acc + i * dim, dim) *= alpha;
   }
 }

@@ -286,21 +286,26 @@ TEST(Validation, InfiniteScale) {
   expect_rejected(c, "scale must be finite");
 }
 
-// A finite scale is accepted whatever the inputs; the scores scale * q . k are fp32, and nothing
-// scans Q and K for ones beyond +-3.4e38 (that would be a second pass over the whole K cache in
-// decode). Where scores stay finite, even huge ones, the result is exact; where one overflows it
-// is +inf or NaN (inf - inf) and the row's output and log-sum-exp are NaN, and a score that
-// overflows to -inf weighs nothing, as a -inf key does: a row whose every score does gets zeros
-// and -inf, like a row that sees no key. The reference, in double, is finite there.
+// A finite scale is accepted whatever the inputs. The kernels keep the raw scores q . k and apply
+// the scale inside the max-subtracted exponent, so scale * q . k past fp32's range is exact (the
+// log-sum-exp rounds to +-inf only where its true value is past +-3.4e38). The raw scores are fp32
+// and nothing scans Q and K for products beyond +-3.4e38 (a second pass over the whole K cache in
+// decode): a q . k that overflows is +inf or NaN (inf - inf), and the row's output and
+// log-sum-exp are NaN; one that overflows to -inf weighs nothing, as a -inf key does: a row whose
+// every score does gets zeros and -inf, like a row that sees no key. The reference, in double, is
+// finite there.
 struct OverflowRun {
   Tensor out;
   Lse lse;
 };
-std::vector<OverflowRun> run_every_path(const AttentionConfig& cfg, const Buffers& b) {
+// tiles: of forward, split-KV and decode; small key blocks make split-KV merge several parts.
+std::vector<OverflowRun> run_every_path(const AttentionConfig& cfg, const Buffers& b, TileSizes tiles = {}) {
   const index_t n = b.k.tokens();
   SequenceLayout layout;
   layout.add_text(n);
-  const MultimodalAttention<float> mm(cfg, layout, RegionPolicy::decoder_causal());
+  PlanOptions plan_options;
+  plan_options.tiles = tiles;
+  const MultimodalAttention<float> mm(cfg, layout, RegionPolicy::decoder_causal(), plan_options);
   std::vector<OverflowRun> runs;
   for (int path = 0; path < 4; ++path) {
     OverflowRun r{Tensor(n, cfg.num_heads, cfg.head_dim), Lse(n, cfg.num_heads)};
@@ -311,6 +316,7 @@ std::vector<OverflowRun> run_every_path(const AttentionConfig& cfg, const Buffer
     split.min_keys_per_split = 1;
     DecodeOptions decode;
     decode.split = split;
+    decode.tiles = tiles;
     TensorView<const float> last_q = b.q.cview();  // decode: the last token against the cache
     last_q.data = b.q.view.row(n - 1, 0), last_q.tokens = 1;
     TensorView<float> last_out = r.out.view;
@@ -346,6 +352,41 @@ TEST(Validation, HugeFiniteScoresAreExact) {
       for (index_t d = 0; d < 16; ++d) EXPECT_NEAR(run.out.view(r, h, d), ref.out.view(r, h, d), 1e-5) << "path " << path;
     }
   });
+}
+
+// Scales whose scores scale * q . k leave fp32's range (either way) while q . k does not, and
+// scales of every sign: exact output; log-sum-exp within 1e-5, or the same infinity where the
+// double reference's is past fp32's range.
+TEST(Validation, ScaleIsAppliedInsideTheExponent) {
+  const index_t n = 7;
+  struct Case {
+    float scale, magnitude;  // Q and K elements are drawn in [-1, 1] times magnitude
+  };
+  for (const Case c : {Case{1e30f, 1e5f}, Case{-1e30f, 1e5f}, Case{3e38f, 1.0f}, Case{1e-30f, 1e16f},
+                       Case{1e-44f, 1e18f}, Case{-0.3f, 2.0f}, Case{0.0f, 5.0f}, Case{-1e-30f, 1e15f}}) {
+    AttentionConfig cfg = make_config(2, 1, 16);
+    cfg.scale = c.scale;
+    Buffers b = make_qkv(cfg, n, n, 11);
+    for (float& x : b.q.storage) x *= c.magnitude;
+    for (float& x : b.k.storage) x *= c.magnitude;
+    const Result ref = run_reference(cfg, b, CausalKeys{});
+    const TileSizes tiles{/*query=*/4, /*key=*/2, /*window_query=*/0};  // split-KV merges up to 4 parts
+    for_each_computed_row(run_every_path(cfg, b, tiles), n, [&](size_t path, index_t r, const OverflowRun& run) {
+      for (index_t h = 0; h < 2; ++h) {
+        const float want = ref.lse(r, h), got = run.lse(r, h);
+        if (std::isinf(want)) {
+          EXPECT_EQ(got, want) << "scale " << c.scale << " path " << path << " row " << r;
+        } else {
+          EXPECT_LE(std::abs(got - want), 1e-5 * std::max(1.0f, std::abs(want)))
+              << "scale " << c.scale << " path " << path << " row " << r << ": " << got << " vs " << want;
+        }
+        for (index_t d = 0; d < 16; ++d) {
+          const float o = run.out.view(r, h, d), o_ref = ref.out.view(r, h, d);
+          EXPECT_LE(std::abs(o - o_ref), 1e-5f) << "scale " << c.scale << " path " << path << " row " << r;
+        }
+      }
+    });
+  }
 }
 
 TEST(Validation, OverflowingScoresGiveNaNOrAnEmptyRow) {

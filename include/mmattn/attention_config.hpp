@@ -15,9 +15,9 @@ struct AttentionConfig {
   index_t num_heads = 0;
   index_t num_kv_heads = 0;  // divides num_heads: GQA groups num_heads / num_kv_heads query heads per KV head
   index_t head_dim = 0;
-  // Defaults to 1 / sqrt(head_dim); must be finite. Scores scale * q.k are fp32 and Q and K are not
-  // scanned for ones past +-3.4e38 (a second pass over the K cache in decode): an overflowing
-  // score makes its row NaN, or at -inf weighs nothing (README, Exactness).
+  // Defaults to 1 / sqrt(head_dim); must be finite, any sign or 0. The kernels apply it inside the
+  // softmax's max-subtracted exponent (kernel/online_softmax.hpp, ScoreScale), so scale * q.k may
+  // pass fp32's range; q.k itself must not (README, Exactness).
   std::optional<float> scale;
 
   float resolved_scale() const { return scale ? *scale : 1.0f / std::sqrt(static_cast<float>(head_dim)); }

@@ -52,10 +52,11 @@ void merge(const PartialAttention<TP>* parts, index_t count, const TensorView<TO
   for (index_t t = 0; t < out.tokens; ++t) {
     for (index_t h = 0; h < out.heads; ++h) {
       for (index_t i = 0; i < count; ++i) part_lse[static_cast<size_t>(i)] = parts[i].lse(t, h);
-      const float row_lse = kernel::merge_row(count, part_lse.data(), dim, [&](index_t i, float w, float* a) {
+      auto add_part = [&](index_t i, float w, float* a) {
         const TensorView<const TP>& o = parts[i].out;
         for (index_t d = 0; d < dim; ++d) a[d] += w * static_cast<float>(o(t, h, d));
-      }, acc.data());
+      };
+      const float row_lse = kernel::merge_row(count, part_lse.data(), /*unit=*/1.0f, dim, add_part, acc.data());
       for (index_t d = 0; d < dim; ++d) out(t, h, d) = static_cast<TO>(acc[static_cast<size_t>(d)]);
       if (lse) lse(t, h) = row_lse;
     }

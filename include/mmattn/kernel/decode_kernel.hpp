@@ -353,7 +353,7 @@ void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, ind
 template <class QView, class KView, class VView, class TO>
 void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
                            const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                           const TensorView<TO>& out, const LseView& lse, DecodeWorkspace& ws) {
+                           const TensorView<TO>& out, const LseOut& lse, DecodeWorkspace& ws) {
   using Vec = Eigen::Map<Eigen::VectorXf>;
   using TK = view_element_t<KView>;
   using TV = view_element_t<VView>;
@@ -361,8 +361,9 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
   const index_t group_rows = heads_per_kv_head(cfg) * m;  // query rows per KV head, consecutive
   const index_t rows = heads * m, dim = cfg.head_dim;
   ws.reserve(rows, m, plan.tiles.key, dim);
+  const ScoreScale scaling = ScoreScale::of(cfg.resolved_scale());
   for (index_t h = 0; h < heads; ++h)
-    load_rows(q, h, tile.queries, plan.query_begin, cfg.resolved_scale(), ws.q.data() + h * m * dim);
+    load_rows(q, h, tile.queries, plan.query_begin, scaling.q_factor, ws.q.data() + h * m * dim);
   Eigen::Map<RowMatrix> acc(ws.acc.data(), rows, dim);  // (heads * m, dim), unnormalised
   Vec row_max(ws.row_max.data(), rows), row_sum(ws.row_sum.data(), rows);
   acc.setZero();
@@ -396,7 +397,8 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
 
     const RowMap* mask = block.full ? nullptr : &bias;
     for (index_t r = 0; r < rows; ++r) {  // masked keys get exactly 0, so block_values never reads them
-      const float alpha = online_softmax_step(scores.row(r).array(), row_max[r], row_sum[r], !block.full);
+      const float alpha = online_softmax_step(scores.row(r).array(), row_max[r], row_sum[r], !block.full,
+                                              scaling.exp_factor);
       if (alpha != 1.0f) acc.row(r) *= alpha;
     }
 
@@ -411,7 +413,7 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
     const float inv = normaliser(row_sum[r]);
     TO* dst = out.row(token, head);
     for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc(r, d) * inv);
-    if (lse) lse(token, head) = row_log_sum_exp(row_max[r], row_sum[r]);
+    lse.write(token, head, row_max[r], row_sum[r], scaling);
   }
 }
 

@@ -3,7 +3,7 @@
 // own namespace and target region, so every function here is compiled once per instruction set
 // and is only called after the runtime check (isa.hpp). Include those headers, not this file.
 //
-// The algorithm is tiled_attention.hpp's (FlashAttention-2, Q pre-scaled, masked keys exactly 0,
+// The algorithm is tiled_attention.hpp's (FlashAttention-2, scale inside the exponent, masked keys exactly 0,
 // guarded P V for non-finite values); what changes is who owns the loops:
 //   S = Q K^T    Q rows broadcast, K^T packed so its panels load as vectors;
 //   softmax      row by row over S, vectorised with exp() below;
@@ -162,7 +162,7 @@ PackedBlocks::Block pack_block(const KView& k, const VView& v, index_t kv_head, 
 
 // One row's online-softmax step over its block scores s[0, keys_p) (padding and masked keys are
 // -inf), the vectorised twin of online_softmax_step with the same NaN and empty-row rules.
-inline float softmax_row(float* s, index_t keys_p, float& row_max, float& row_sum) {
+inline float softmax_row(float* s, index_t keys_p, float& row_max, float& row_sum, float factor) {
   V vmax = Vec::set1(kNegInf);
   for (index_t j = 0; j < keys_p; j += kWidth) vmax = Vec::max(vmax, Vec::load(s + j));
   const float m_new = std::max(row_max, Vec::reduce_max(vmax));
@@ -173,14 +173,14 @@ inline float softmax_row(float* s, index_t keys_p, float& row_max, float& row_su
     std::fill(s, s + keys_p, 0.0f);
     return 1.0f;
   }
-  const V m = Vec::set1(m_new);
+  const V m = Vec::set1(m_new), f = Vec::set1(factor);
   V vsum = Vec::zero();
   for (index_t j = 0; j < keys_p; j += kWidth) {
-    const V p = exp(Vec::sub(Vec::load(s + j), m));  // -inf -> exactly 0
+    const V p = exp(Vec::mul(Vec::sub(Vec::load(s + j), m), f));  // -inf -> exactly 0
     Vec::store(s + j, p);
     vsum = Vec::add(vsum, p);
   }
-  const float alpha = std::exp(row_max - m_new);
+  const float alpha = std::exp((row_max - m_new) * factor);
   row_sum = row_sum * alpha + Vec::reduce_add(vsum);
   row_max = m_new;
   return alpha;
@@ -195,13 +195,14 @@ inline void scale_row(float* row, index_t n, float alpha) {
 template <class QView, class KView, class VView, class TO>
 void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
                  const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                 const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
+                 const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
   const index_t rows_p = round_up(rows, Vec::kRows), dim_p = round_up(dim, kWidth);
   const index_t keys_max = round_up(plan.tiles.key, kWidth);
   ws.reserve(rows_p, keys_max, dim_p);
-  float* const q_tile = ws.q.data();  // (rows_p, dim), pre-scaled, zero padding rows
-  load_rows(q, head, tile.queries, plan.query_begin, cfg.resolved_scale(), q_tile);
+  const ScoreScale scaling = ScoreScale::of(cfg.resolved_scale());
+  float* const q_tile = ws.q.data();  // (rows_p, dim), zero padding rows
+  load_rows(q, head, tile.queries, plan.query_begin, scaling.q_factor, q_tile);
   std::fill(q_tile + rows * dim, q_tile + rows_p * dim, 0.0f);
   float* const acc = ws.acc.data();  // (rows_p, dim_p)
   float* const row_max = ws.row_max.data();
@@ -222,7 +223,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
       apply_block_mask(scores, tile.queries, block.keys, plan.mask(tile, block), ws.runs);
     }
     for (index_t i = 0; i < rows_p; ++i) {
-      const float alpha = softmax_row(s + i * keys_p, keys_p, row_max[i], row_sum[i]);
+      const float alpha = softmax_row(s + i * keys_p, keys_p, row_max[i], row_sum[i], scaling.exp_factor);
       if (alpha != 1.0f) scale_row(acc + i * dim_p, dim_p, alpha);
     }
     // As in tiled_attention.hpp: a partial block whose values are not all finite multiplies a
@@ -252,6 +253,6 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     } else {
       for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o[d] * inv);
     }
-    if (lse) lse(token, head) = row_log_sum_exp(row_max[i], row_sum[i]);
+    lse.write(token, head, row_max[i], row_sum[i], scaling);
   }
 }

@@ -167,7 +167,7 @@ void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView&
     const index_t which = item % per_chunk;  // the query head (attend_tile), 0 (all heads)
     const QueryTile& tile = plan.query_tiles[static_cast<size_t>(chunk.tile)];
     const index_t chunks = sp.tile_chunks[static_cast<size_t>(chunk.tile)];
-    auto run = [&](const auto& o, const LseView& l) {
+    auto run = [&](const auto& o, const LseOut& l) {
       if (hpi > 1) {
         thread_local DecodeWorkspace ws;
         attend_tile_all_heads(plan, tile, chunk.block_begin, chunk.block_end, cfg, q, k, v, o, l, ws);
@@ -180,7 +180,7 @@ void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView&
 
     auto slot_out = [&](index_t s) { return view_thd(partial_o + s * o_slot, nq, heads, dim); };
     auto slot_lse = [&](index_t s) { return view_lse(partial_lse + s * l_slot, nq, heads); };
-    run(slot_out(chunk.slot), slot_lse(chunk.slot));
+    run(slot_out(chunk.slot), LseOut(slot_lse(chunk.slot), /*partial=*/true));
     std::atomic<index_t>& left = pending[static_cast<size_t>(chunk.tile * per_chunk + which)];
     if (left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;  // acquire: the other chunks' partials
 
@@ -188,11 +188,12 @@ void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView&
     if (static_cast<index_t>(merge_buf.size()) < dim + chunks) merge_buf.resize(static_cast<size_t>(dim + chunks));
     float* const acc = merge_buf.data();
     float* const lses = acc + dim;
+    const float unit = ScoreScale::of(cfg.resolved_scale()).partial_unit();  // the partials' (LseOut)
     for (index_t i = 0; i < tile.queries.size(); ++i) {
       const index_t token = tile.queries.at(i) - plan.query_begin;
       for (index_t head = which * hpi; head < (which + 1) * hpi; ++head) {
         for (index_t s = 0; s < chunks; ++s) lses[s] = slot_lse(s)(token, head);
-        const float row_lse = merge_row(chunks, lses, dim, [&](index_t s, float w, float* a) {
+        const float row_lse = merge_row(chunks, lses, unit, dim, [&](index_t s, float w, float* a) {
           const float* part = slot_out(s).row(token, head);
           for (index_t d = 0; d < dim; ++d) a[d] += w * part[d];  // no Eigen peeling: same bits at any address
         }, acc);

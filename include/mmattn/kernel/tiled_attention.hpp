@@ -28,12 +28,13 @@ namespace mmattn::kernel {
 template <class QView, class KView, class VView, class TO>
 void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
                  const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                 const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
+                 const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
   ws.reserve(rows, plan.tiles.key, dim);
-  load_rows(q, head, tile.queries, plan.query_begin, cfg.resolved_scale(), ws.q.data());
-  const Eigen::Map<const RowMatrix> q_tile(ws.q.data(), rows, dim);  // (rows, dim), pre-scaled
-  OnlineSoftmax softmax(ws.acc.data(), ws.row_max.data(), ws.row_sum.data(), rows, dim);
+  const ScoreScale scaling = ScoreScale::of(cfg.resolved_scale());
+  load_rows(q, head, tile.queries, plan.query_begin, scaling.q_factor, ws.q.data());
+  const Eigen::Map<const RowMatrix> q_tile(ws.q.data(), rows, dim);  // (rows, dim)
+  OnlineSoftmax softmax(ws.acc.data(), ws.row_max.data(), ws.row_sum.data(), rows, dim, scaling.exp_factor);
 
   for (index_t b = block_begin; b < block_end; ++b) {
     const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
@@ -58,11 +59,11 @@ void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_be
     }
   }
 
-  softmax.finalize([&](index_t i, const auto& o_row, float row_lse) {
+  softmax.finalize(lse.unit(scaling), [&](index_t i, const auto& o_row, float row_lse) {
     const index_t token = tile.queries.at(i) - plan.query_begin;
     TO* dst = out.row(token, head);
     for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o_row[d]);
-    if (lse) lse(token, head) = row_lse;
+    if (lse) lse.view(token, head) = row_lse;
   });
 }
 
@@ -74,7 +75,7 @@ void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_be
 template <class QView, class KView, class VView, class TO>
 void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
                  const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                 const TensorView<TO>& out, const LseView& lse, Workspace& ws) {
+                 const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   switch (active_isa()) {
 #if MMATTN_HAS_X86_KERNELS
     case Isa::kAvx512:
