@@ -100,7 +100,10 @@ inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, i
                             index_t end, std::vector<index_t> cuts, index_t key_tile, std::vector<KeyBlock>& blocks) {
   cuts.push_back(end);
   std::sort(cuts.begin(), cuts.end());
-  if (end > begin) blocks.reserve(blocks.size() + static_cast<size_t>((end - begin) / key_tile) + cuts.size());
+  // Room for every span at once, growing geometrically (reserving the exact size on every call
+  // would copy the list each time).
+  const size_t needed = blocks.size() + static_cast<size_t>(std::max<index_t>(end - begin, 0) / key_tile) + cuts.size();
+  if (needed > blocks.capacity()) blocks.reserve(std::max(needed, 2 * blocks.capacity()));
   index_t k0 = begin;
   for (const index_t cut : cuts) {
     const index_t stop = std::min(cut, end);
