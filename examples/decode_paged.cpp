@@ -4,7 +4,8 @@
 //
 // Chunks are cut by safe_chunk_ends, where every key a chunk's queries may see is already in the
 // cache: an image sees its window in both directions, so no cut falls inside an image; text is
-// causal, so a chunk may end anywhere in it (after at most 64 tokens here).
+// causal, so a chunk may end anywhere in it (after at most 64 tokens here). Decode grows the
+// layout with extend_text and plans each step once (DecodeStep), as a runtime with many layers would.
 #include <algorithm>
 #include <cstdio>
 #include <numeric>
@@ -68,14 +69,19 @@ int main(int argc, char** argv) try {
     begin = end;
   }
 
-  // Decode: one text token per step; the layout grows by it and the step is planned afresh.
+  // Decode: one text token per step. extend_text lengthens the prompt's text segment (a segment
+  // per token would make each step's plan grow with the tokens generated), and the step is
+  // planned once, a DecodeStep every layer of the model would share (this example runs one). The
+  // K/V views hold the written tokens only: the step reads keys [0, step.key_end()).
+  SequenceLayout layout = prompt;
   double total_ms = 0;
   for (index_t s = 0; s < steps; ++s) {
-    const SequenceLayout layout = layout_of(prompt_text + s + 1);
+    layout.extend_text(1);
     const index_t pos = layout.size() - 1;
     write_kv(pos, pos + 1);
     total_ms += example::median_ms(1, [&] {
-      decode_attention(cfg, layout, policy, q_rows(pos, 1), cache(k_pool, pos + 1), cache(v_pool, pos + 1),
+      const DecodeStep step(layout, policy, /*new_tokens=*/1);
+      decode_attention(cfg, step, q_rows(pos, 1), cache(k_pool, pos + 1), cache(v_pool, pos + 1),
                        view_thd(out.data() + pos * heads * dim, 1, heads, dim));
     });
   }

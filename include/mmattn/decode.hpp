@@ -7,10 +7,15 @@
 // use it (kernel/decode_kernel.hpp). The cache may be contiguous (TensorView) or paged (PagedKVView).
 //
 // Chunked prefill is forward() with a plan over a query slice (PlanOptions::query_begin / query_end);
-// decode is the slice that ends at the layout's end, planned per step here (the layout grows by the
-// new tokens each step; planning one tile is microseconds).
+// decode is the slice that ends at the layout's end. A step is planned once (DecodeStep) and run
+// by every layer. Grow the layout with SequenceLayout::extend_text, which lengthens the last text
+// segment: the step's plan then costs the same after 32k generated tokens as after one
+// (bench/serving BM_DecodeStepPlan), where a segment per token made planning grow with them.
 
+#include <algorithm>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/executor.hpp"
@@ -41,9 +46,56 @@ inline Plan plan_decode(const SequenceLayout& layout, const RegionPolicy& policy
   return make_plan(layout, policy, options);
 }
 
-// Q/O: [m, num_heads, head_dim], the layout's last m positions (m = q.tokens); K/V: the cache,
-// [layout.size(), num_kv_heads, head_dim], TensorView or PagedKVView; lse optional, [m, num_heads].
+// One decode step: the plan of the layout's last `new_tokens` positions, built once and shared by
+// every layer of the step (immutable, so layers may run it from several threads at once).
+class DecodeStep {
+ public:
+  DecodeStep(const SequenceLayout& layout, const RegionPolicy& policy, index_t new_tokens,
+             TileSizes tiles = DefaultTiles::sizes())
+      : plan_(std::make_shared<const Plan>(plan_decode(layout, policy, new_tokens, tiles))) {
+    for (const KeyBlock& b : plan_->blocks) key_end_ = std::max(key_end_, b.keys.last() + 1);
+  }
+  // A plan of the last positions made elsewhere (a PlanCache's).
+  explicit DecodeStep(std::shared_ptr<const Plan> plan) : plan_(std::move(plan)) {
+    MMATTN_REQUIRE(plan_ && plan_->query_end == plan_->key_tokens,
+                   "decode: a step's plan must end at its layout's last position");
+    for (const KeyBlock& b : plan_->blocks) key_end_ = std::max(key_end_, b.keys.last() + 1);
+  }
+
+  const Plan& plan() const { return *plan_; }
+  const SequenceLayout& layout() const { return plan_->layout; }
+  index_t new_tokens() const { return plan_->num_queries(); }
+  index_t query_begin() const { return plan_->query_begin; }
+  // The keys the step reads are positions [0, key_end()): K/V views need only that many tokens.
+  index_t key_end() const { return key_end_; }
+
+ private:
+  std::shared_ptr<const Plan> plan_;
+  index_t key_end_ = 0;
+};
+
+// Q/O: [m, num_heads, head_dim], the step's m new positions (m = step.new_tokens()); K/V: the
+// cache, TensorView or PagedKVView, holding at least the keys the step reads (step.key_end()
+// tokens; more, such as the cache's capacity, are never read); lse optional, [m, num_heads].
 // Elements: float, Eigen::bfloat16 or Eigen::half in any mix.
+template <class TQ, class KView, class VView, class TO>
+void decode_attention(const AttentionConfig& cfg, const DecodeStep& step, const TensorView<TQ>& q, const KView& k,
+                      const VView& v, const TensorView<TO>& out, const LseView& lse = {},
+                      const SplitKvOptions& split = {}, const Executor& executor = Executor::default_executor()) {
+  static_assert_element_types<TensorView<TQ>, KView, VView, TensorView<TO>>();
+  validate_attention(cfg, q, k, v, out, lse);
+  MMATTN_REQUIRE(q.tokens == step.new_tokens(), "q: holds " + std::to_string(q.tokens) +
+                                                    " tokens but the decode step has " +
+                                                    std::to_string(step.new_tokens()) + " new tokens");
+  MMATTN_REQUIRE(k.tokens >= step.key_end(),
+                 "k: the cache holds " + std::to_string(k.tokens) + " tokens but the layout holds " +
+                     std::to_string(step.layout().size()) + " and the step reads keys [0, " +
+                     std::to_string(step.key_end()) + ")");
+  kernel::execute_split_kv(step.plan(), cfg, q, k, v, out, lse, executor, split);
+}
+
+// decode_attention for one layer, planning the step on the way (a model with many layers builds
+// one DecodeStep per step instead). K/V hold the layout's tokens.
 template <class TQ, class KView, class VView, class TO>
 void decode_attention(const AttentionConfig& cfg, const SequenceLayout& layout, const RegionPolicy& policy,
                       const TensorView<TQ>& q, const KView& k, const VView& v, const TensorView<TO>& out,
@@ -53,8 +105,8 @@ void decode_attention(const AttentionConfig& cfg, const SequenceLayout& layout, 
   validate_attention(cfg, q, k, v, out, lse);
   MMATTN_REQUIRE(k.tokens == layout.size(), "k: the cache holds " + std::to_string(k.tokens) +
                                                 " tokens but the layout holds " + std::to_string(layout.size()));
-  const Plan plan = plan_decode(layout, policy, q.tokens, options.tiles);
-  kernel::execute_split_kv(plan, cfg, q, k, v, out, lse, executor, options.split);
+  decode_attention(cfg, DecodeStep(layout, policy, q.tokens, options.tiles), q, k, v, out, lse, options.split,
+                   executor);
 }
 
 }  // namespace mmattn

@@ -1,0 +1,264 @@
+// The executor rule: a work item never starts a parallel region of its own, whatever the
+// program's OpenMP and Eigen settings, and a runtime's own std::thread pool gives the same bits
+// as OpenMP with the same concurrency. A runtime's pool is a plain std::thread pool here; on its
+// workers omp_get_num_threads() is 1, which is where Eigen's GEMM would start a team per worker.
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "mmattn/decode.hpp"
+#include "mmattn/executor.hpp"
+#include "mmattn/kernel/isa.hpp"
+#include "mmattn/multimodal_attention.hpp"
+#include "random_cases.hpp"
+#include "test_util.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace mmattn::test {
+namespace {
+
+// A fixed set of std::thread workers, as a serving runtime has: run(n, f) hands out f(0..n-1)
+// and returns when all have returned, rethrowing the first exception.
+class ThreadPool {
+ public:
+  explicit ThreadPool(int workers) {
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  int size() const { return static_cast<int>(threads_.size()); }
+
+  void run(index_t n, const std::function<void(index_t)>& f) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    job_ = &f, n_ = n, next_ = 0, finished_ = 0, error_ = nullptr;
+    ++generation_;
+    wake_.notify_all();
+    done_.wait(lock, [&] { return finished_ == size(); });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+  Executor executor() {
+    return Executor::custom([this](index_t n, const Executor::Body& body) { run(n, body); }, size());
+  }
+
+ private:
+  void work() {
+    std::uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(index_t)>* job = nullptr;
+      index_t n = 0;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_, job = job_, n = n_;
+      }
+      for (index_t i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) {
+        try {
+          (*job)(i);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(mutex_);
+          if (!error_) error_ = std::current_exception();
+        }
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (++finished_ == size()) done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(index_t)>* job_ = nullptr;
+  index_t n_ = 0;
+  std::atomic<index_t> next_{0};
+  int finished_ = 0;
+  std::uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+// Restores Eigen's global thread count on scope exit.
+struct EigenThreads {
+  int saved = Eigen::nbThreads();
+  explicit EigenThreads(int n) { Eigen::setNbThreads(n); }
+  ~EigenThreads() { Eigen::setNbThreads(saved); }
+};
+
+// What a work item sees of the threading around it.
+struct Observed {
+  std::atomic<int> max_team{0}, max_eigen{0}, items{0};
+  void record(int team, int eigen) {
+    ++items;
+    for (int cur = max_team.load(); team > cur && !max_team.compare_exchange_weak(cur, team);) {}
+    for (int cur = max_eigen.load(); eigen > cur && !max_eigen.compare_exchange_weak(cur, eigen);) {}
+  }
+};
+
+// In each item: the size of a team started there, as Eigen's GEMM would start one (it asks for
+// Eigen::nbThreads() threads), and Eigen::nbThreads().
+void observe(const Executor& executor, index_t items, Observed& seen) {
+  executor.parallel_for(items, [&](index_t) {
+    int team = 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(std::max(Eigen::nbThreads(), 4))
+    {
+#pragma omp single
+      team = omp_get_num_threads();
+    }
+#endif
+    seen.record(team, Eigen::nbThreads());
+  });
+}
+
+TEST(Executor, ItemsNeverStartATeam) {
+#if !defined(_OPENMP)
+  GTEST_SKIP() << "built without OpenMP: Eigen has no threading to start";
+#else
+  ThreadPool pool(3);
+  const Executor executors[] = {pool.executor(), Executor::openmp(2), Executor::openmp(1), Executor::serial()};
+  for (const int eigen_threads : {0, 4}) {  // 0: Eigen follows OpenMP's default; 4: the program called setNbThreads
+    const EigenThreads scoped(eigen_threads);
+    for (size_t e = 0; e < std::size(executors); ++e) {
+      Observed seen;
+      observe(executors[e], 64, seen);
+      EXPECT_EQ(seen.items.load(), 64);
+      EXPECT_EQ(seen.max_team.load(), 1) << "executor " << e << ", Eigen threads " << eigen_threads;
+      if (eigen_threads == 0) {
+        EXPECT_EQ(seen.max_eigen.load(), 1) << "executor " << e;
+      }
+    }
+  }
+  // The rule holds only inside items: the program's own settings are as they were, on the calling
+  // thread and on the pool's workers after the items.
+  const int levels = omp_get_max_active_levels(), threads = omp_get_max_threads();
+  Observed after;
+  pool.run(64, [&](index_t) {
+    after.record(omp_get_max_active_levels() == levels ? 1 : 100, omp_get_max_threads() == threads ? 1 : 100);
+  });
+  EXPECT_EQ(after.max_team.load(), 1);
+  EXPECT_EQ(after.max_eigen.load(), 1);
+  int team = 0;
+#pragma omp parallel num_threads(2)
+  {
+#pragma omp single
+    team = omp_get_num_threads();
+  }
+  EXPECT_EQ(team, 2);  // outside items, parallel regions start as before
+#endif
+}
+
+// A library path that runs Eigen's GEMM (MMATTN_ISA=eigen) on a runtime's pool with Eigen set to
+// 4 threads: no thread is created during the forward (Linux: /proc/self/task lists the threads).
+TEST(Executor, EigenPathOnAPoolCreatesNoThreads) {
+#if !defined(_OPENMP) || !defined(__linux__)
+  GTEST_SKIP() << "needs OpenMP and Linux";
+#else
+  const Isa saved = active_isa();
+  set_isa(Isa::kEigen);
+  const EigenThreads scoped(4);
+  ThreadPool pool(2);
+  const SequenceLayout layout = SequenceLayout::images_then_text(2, 12, 12, 100);
+  const AttentionConfig cfg = make_config(4, 2, 64);
+  const MultimodalAttention<float> attention(cfg, layout, RegionPolicy::structured(Window2D::sliding(5, 5)), {},
+                                             pool.executor());
+  const Buffers b = make_qkv(cfg, layout.size(), layout.size(), 5);
+  Tensor out(layout.size(), cfg.num_heads, cfg.head_dim);
+  auto count_threads = [] {
+    index_t n = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+    return n;
+  };
+  const index_t before = count_threads();
+  attention.forward(b.q.cview(), b.k.cview(), b.v.cview(), out.view);
+  const index_t after = count_threads();
+  set_isa(saved);
+  EXPECT_EQ(after, before) << "a work item started an OpenMP team";
+  const RegionPolicy policy = RegionPolicy::structured(Window2D::sliding(5, 5));
+  const Result ref = run_reference(cfg, b, MaskPredicate{&layout, &policy});
+  EXPECT_LE(max_relative_error(out, ref.out), 1e-5);
+#endif
+}
+
+// Forward and decode through the pool and through OpenMP with the same concurrency: the same
+// work split, so the same bits, over random cases on every prefill path this CPU has.
+TEST(Executor, CustomPoolMatchesOpenMPBitwise) {
+  ThreadPool pool(2);
+  const Executor custom = pool.executor();
+  const Executor omp = Executor::openmp(2);
+  const int kCases = kSlowBuild ? 10 : 40;
+  const Isa saved = active_isa();
+  int runs = 0;
+  for (const Isa isa : kAllIsas) {
+    if (!isa_supported(isa)) continue;
+    set_isa(isa);
+    for (int i = 0; i < kCases; ++i) {
+      const cases::Case c = cases::random_case(0xe8ec0000u + static_cast<std::uint32_t>(i));
+      SCOPED_TRACE(cases::describe(c) + "\n  isa " + isa_name(isa));
+      const index_t n = c.layout.size(), nq = (c.options.query_end < 0 ? n : c.options.query_end) - c.options.query_begin;
+      const Buffers b = make_qkv(c.cfg, nq, n, c.seed);
+      Tensor a(nq, c.cfg.num_heads, c.cfg.head_dim), o(nq, c.cfg.num_heads, c.cfg.head_dim);
+      Lse la(nq, c.cfg.num_heads), lo(nq, c.cfg.num_heads);
+      const MultimodalAttention<float> on_pool(c.cfg, c.layout, c.policy, c.options, custom);
+      const MultimodalAttention<float> on_omp(c.cfg, c.layout, c.policy, c.options, omp);
+      on_pool.forward(b.q.cview(), b.k.cview(), b.v.cview(), a.view, la.view);
+      on_omp.forward(b.q.cview(), b.k.cview(), b.v.cview(), o.view, lo.view);
+      EXPECT_TRUE(same_bits(a.storage, o.storage));
+      EXPECT_TRUE(same_bits(la.storage, lo.storage));
+      const Result ref = run_reference(c.cfg, b, MaskPredicate{&c.layout, &c.policy}, c.options.query_begin);
+      EXPECT_LE(max_relative_error(a, ref.out), 1e-5);
+      // Decode of the last token: split over the keys by concurrency 2 on both.
+      Tensor da(1, c.cfg.num_heads, c.cfg.head_dim), dom(1, c.cfg.num_heads, c.cfg.head_dim);
+      const Buffers d = make_qkv(c.cfg, 1, n, c.seed + 1);
+      SplitKvOptions split;
+      split.min_keys_per_split = 4;
+      const DecodeStep step(c.layout, c.policy, 1);
+      decode_attention(c.cfg, step, d.q.cview(), d.k.cview(), d.v.cview(), da.view, {}, split, custom);
+      decode_attention(c.cfg, step, d.q.cview(), d.k.cview(), d.v.cview(), dom.view, {}, split, omp);
+      EXPECT_TRUE(same_bits(da.storage, dom.storage));
+      ++runs;
+    }
+  }
+  set_isa(saved);
+  EXPECT_GE(runs, kCases);
+}
+
+// An exception in an item reaches the caller through the pool, and the pool's worker is left
+// with its settings restored (the scope unwinds).
+TEST(Executor, ExceptionsUnwindTheItemScope) {
+  ThreadPool pool(2);
+  const Executor executor = pool.executor();
+  EXPECT_THROW(executor.parallel_for(8, [](index_t i) {
+    if (i == 3) throw std::runtime_error("item 3");
+  }), std::runtime_error);
+#if defined(_OPENMP)
+  const int levels = omp_get_max_active_levels();
+  std::atomic<int> changed{0};
+  pool.run(32, [&](index_t) { changed += omp_get_max_active_levels() != levels; });
+  EXPECT_EQ(changed.load(), 0);
+#endif
+}
+
+}  // namespace
+}  // namespace mmattn::test
