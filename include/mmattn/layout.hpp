@@ -71,10 +71,10 @@ class SequenceLayout {
     return push(SegmentKind::text, 1, 1, length);
   }
   // Appends `length` text tokens to the last segment when it is text, else as a new text segment.
-  // Decode grows the layout this way: one segment however many tokens are generated, so a step's
-  // plan (O(segments)) costs the same at any length, where add_text(1) per token made the layout
-  // one segment per token. Segment indices do not move, so per-segment policy overrides keep
-  // naming the same segments; an override naming the last text segment covers the new tokens.
+  // Decode grows the layout this way: one segment however many tokens are generated, where
+  // add_text(1) per token made one segment per token and a step's plan visited each of them.
+  // Segment indices do not move, so per-segment policy overrides keep naming the same segments;
+  // an override naming the last text segment covers the new tokens.
   SequenceLayout& extend_text(index_t length) {
     MMATTN_REQUIRE(length > 0, "layout: extend_text needs at least one token, got " + std::to_string(length));
     if (segments_.empty() || !segments_.back().is_text()) return add_text(length);
