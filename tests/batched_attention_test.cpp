@@ -18,6 +18,7 @@
 #include "mmattn/batched_attention.hpp"
 #include "mmattn/decode.hpp"
 #include "mmattn/multimodal_attention.hpp"
+#include "mmattn/plan_cache.hpp"
 #include "paged_cache.hpp"
 #include "random_cases.hpp"
 #include "test_util.hpp"
@@ -207,6 +208,22 @@ TEST(BatchedAttention, DecodeEqualsPerSequenceDecode) {
     }
   }
   EXPECT_GT(split_sequences, kBatches / 2);
+}
+
+// Through a PlanCache: the second batch of the same shapes plans nothing and gives the same bits.
+TEST(BatchedAttention, PlanCacheMakesARepeatedBatchALookup) {
+  Batch b = random_batch(77u, /*decode=*/false);
+  PlanCache cache;
+  const BatchedAttention first(b.cfg, b.sequences, b.options, b.executor(), &cache);
+  const std::size_t misses = cache.misses(), hits = cache.hits();
+  const BatchedAttention second(b.cfg, b.sequences, b.options, b.executor(), &cache);
+  EXPECT_EQ(cache.misses(), misses);
+  EXPECT_EQ(cache.hits(), hits + b.sequences.size());
+  for (index_t s = 0; s < first.num_sequences(); ++s) EXPECT_EQ(&first.plan(s), &second.plan(s));
+  Tensor again = b.out;
+  first.forward(b.q.cview(), b.cu, kv_views(b, true), kv_views(b, false), b.out.view);
+  second.forward(b.q.cview(), b.cu, kv_views(b, true), kv_views(b, false), again.view);
+  EXPECT_TRUE(same_values(b.out.cview(), again.cview())) << b.describe();
 }
 
 // One long cache among short ones: its share of the batch's cost splits it, the short ones stay

@@ -30,6 +30,7 @@
 #include "mmattn/layout.hpp"
 #include "mmattn/paged_kv.hpp"
 #include "mmattn/plan.hpp"
+#include "mmattn/plan_cache.hpp"
 #include "mmattn/planner.hpp"
 #include "mmattn/policy.hpp"
 #include "mmattn/tensor_view.hpp"
@@ -55,10 +56,12 @@ struct BatchSequence {
 
 namespace detail {
 
-// The one place a batch plans a sequence.
-inline std::shared_ptr<const Plan> plan_batch_sequence(const BatchSequence& s, PlanOptions options) {
+// The one place a batch plans a sequence: through `cache` where given, so a shape seen before
+// costs a lookup.
+inline std::shared_ptr<const Plan> plan_batch_sequence(const BatchSequence& s, PlanOptions options, PlanCache* cache) {
   options.query_begin = s.query_begin;
   options.query_end = s.query_end;
+  if (cache != nullptr) return cache->get(s.layout, s.policy, options);
   return std::make_shared<const Plan>(make_plan(s.layout, s.policy, options));
 }
 
@@ -96,16 +99,17 @@ inline LseView token_rows(const LseView& v, index_t begin, index_t tokens) {
 
 class BatchedAttention {
  public:
-  // Plans every sequence (options' query range is each sequence's own).
+  // Plans every sequence (options' query range is each sequence's own), through `cache` where
+  // given: a runtime building a batch per step plans each shape once.
   BatchedAttention(AttentionConfig config, const std::vector<BatchSequence>& sequences, const PlanOptions& options = {},
-                   Executor executor = Executor::default_executor())
+                   Executor executor = Executor::default_executor(), PlanCache* cache = nullptr)
       : config_(std::move(config)), executor_(std::move(executor)) {
     config_.validate();
     MMATTN_REQUIRE(!sequences.empty(), "batch: no sequences");
     plans_.reserve(sequences.size());
     for (size_t i = 0; i < sequences.size(); ++i) {
       try {
-        plans_.push_back(detail::plan_batch_sequence(sequences[i], options));
+        plans_.push_back(detail::plan_batch_sequence(sequences[i], options, cache));
       } catch (const Error& e) {
         detail::fail("batch: sequence " + std::to_string(i) + ": " + strip_prefix(e.what()));
       }

@@ -107,13 +107,15 @@ inline Plan prefix_plan(index_t queries, index_t prefix, TileSizes tiles) {
 class CascadeAttention {
  public:
   // sequences[i]: its whole layout (prefix included), rules and query range, which must start at or
-  // after prefix_tokens. Plans the prefix product and every suffix once; reused by every layer.
+  // after prefix_tokens. Plans the prefix product and every suffix once (each sequence's whole
+  // plan through `cache` where given); reused by every layer.
   CascadeAttention(AttentionConfig config, index_t prefix_tokens, const std::vector<BatchSequence>& sequences,
-                   const PlanOptions& options = {}, Executor executor = Executor::default_executor())
+                   const PlanOptions& options = {}, Executor executor = Executor::default_executor(),
+                   PlanCache* cache = nullptr)
       : config_(std::move(config)),
         executor_(std::move(executor)),
         prefix_tokens_(prefix_tokens),
-        suffix_(config_, suffix_plans(prefix_tokens, sequences, options), executor_),
+        suffix_(config_, suffix_plans(prefix_tokens, sequences, options, cache), executor_),
         prefix_plan_(detail::prefix_plan(suffix_.total_queries(), prefix_tokens, options.tiles)) {}
 
   index_t prefix_tokens() const { return prefix_tokens_; }
@@ -187,7 +189,7 @@ class CascadeAttention {
   }
 
   static std::vector<std::shared_ptr<const Plan>> suffix_plans(index_t prefix, const std::vector<BatchSequence>& seqs,
-                                                               const PlanOptions& options) {
+                                                               const PlanOptions& options, PlanCache* cache) {
     MMATTN_REQUIRE(prefix >= 1, "cascade: the shared prefix needs at least one token, got " + std::to_string(prefix));
     MMATTN_REQUIRE(!seqs.empty(), "cascade: no sequences");
     std::vector<std::shared_ptr<const Plan>> plans;
@@ -200,7 +202,7 @@ class CascadeAttention {
       MMATTN_REQUIRE(s.query_begin >= prefix, who + ": its queries start at " + std::to_string(s.query_begin) +
                                                   ", inside the shared prefix of " + std::to_string(prefix) +
                                                   " tokens; only queries after the prefix can share it");
-      const std::shared_ptr<const Plan> whole = detail::plan_batch_sequence(s, options);  // validates layout, rules
+      const std::shared_ptr<const Plan> whole = detail::plan_batch_sequence(s, options, cache);  // validates layout, rules
       detail::require_sees_whole_prefix(s, prefix, static_cast<index_t>(i));
       plans.push_back(detail::suffix_plan(*whole, prefix));
     }
