@@ -260,14 +260,17 @@ bindings::ErasedPagedCache cache_of(const py::object& object, const char* name, 
   return c;
 }
 
-py::object decode(const mmattn::SequenceLayout& layout, const mmattn::RegionPolicy& policy, const py::object& q,
-                  const py::object& k, const py::object& v, const py::object& block_table, const py::object& out,
-                  bool return_lse, std::optional<float> scale, int threads) {
+// Decode's arguments as views, then run(cfg, q, k, v, out, lse, executor) without the GIL. A
+// paged cache holds `paged_tokens` tokens; heads and head_dim come from q and the cache.
+template <class Run>
+py::object decode_with(const py::object& q, const py::object& k, const py::object& v, const py::object& block_table,
+                       index_t paged_tokens, const py::object& out, bool return_lse, std::optional<float> scale,
+                       int threads, Run&& run) {
   MMATTN_REQUIRE(threads >= 0, "threads must be >= 0 (0: OpenMP's default), got " + std::to_string(threads));
   const bindings::ErasedTensor tq = tensor_of(q, "q", false);
   std::vector<std::int32_t> k_table, v_table;
-  const bindings::ErasedPagedCache ck = cache_of(k, "k", block_table, layout.size(), k_table);
-  const bindings::ErasedPagedCache cv = cache_of(v, "v", block_table, layout.size(), v_table);
+  const bindings::ErasedPagedCache ck = cache_of(k, "k", block_table, paged_tokens, k_table);
+  const bindings::ErasedPagedCache cv = cache_of(v, "v", block_table, paged_tokens, v_table);
   const mmattn::AttentionConfig cfg{tq.heads, ck.heads, tq.head_dim, scale};
   bindings::ErasedTensor to;
   py::array out_array = output_of(out, tq, tq.heads, tq.head_dim, to);
@@ -276,9 +279,29 @@ py::object decode(const mmattn::SequenceLayout& layout, const mmattn::RegionPoli
   if (return_lse) lse = lse_array(to.tokens, tq.heads, lse_view);
   {
     py::gil_scoped_release release;
-    bindings::decode(cfg, layout, policy, tq, ck, cv, to, lse_view, mmattn::Executor::openmp(threads));
+    run(cfg, tq, ck, cv, to, lse_view, mmattn::Executor::openmp(threads));
   }
   return result(std::move(out_array), std::move(lse));
+}
+
+py::object decode(const mmattn::SequenceLayout& layout, const mmattn::RegionPolicy& policy, const py::object& q,
+                  const py::object& k, const py::object& v, const py::object& block_table, const py::object& out,
+                  bool return_lse, std::optional<float> scale, int threads) {
+  return decode_with(q, k, v, block_table, layout.size(), out, return_lse, scale, threads,
+                     [&](const mmattn::AttentionConfig& cfg, const auto& tq, const auto& ck, const auto& cv,
+                         const auto& to, const mmattn::LseView& lse, const mmattn::Executor& executor) {
+                       bindings::decode(cfg, layout, policy, tq, ck, cv, to, lse, executor);
+                     });
+}
+
+py::object decode_step(const mmattn::DecodeStep& step, const py::object& q, const py::object& k, const py::object& v,
+                       const py::object& block_table, const py::object& out, bool return_lse,
+                       std::optional<float> scale, int threads) {
+  return decode_with(q, k, v, block_table, step.layout().size(), out, return_lse, scale, threads,
+                     [&](const mmattn::AttentionConfig& cfg, const auto& tq, const auto& ck, const auto& cv,
+                         const auto& to, const mmattn::LseView& lse, const mmattn::Executor& executor) {
+                       bindings::decode(cfg, step, tq, ck, cv, to, lse, executor);
+                     });
 }
 
 // float32 -> bf16 bits, rounding to nearest even (Eigen::bfloat16's conversion); NaN stays NaN.
@@ -343,6 +366,8 @@ PYBIND11_MODULE(mmattn, m) {
            py::return_value_policy::reference)
       .def("add_video", &mmattn::SequenceLayout::add_video, py::arg("frames"), py::arg("rows"), py::arg("cols"),
            py::return_value_policy::reference)
+      .def("extend_text", &mmattn::SequenceLayout::extend_text, py::arg("tokens"), py::return_value_policy::reference,
+           "Lengthens the last text segment (or appends one): a decode step's growth.")
       .def_static("images_then_text", &mmattn::SequenceLayout::images_then_text, py::arg("images"), py::arg("rows"),
                   py::arg("cols"), py::arg("text_tokens"))
       .def("size", &mmattn::SequenceLayout::size)
@@ -474,6 +499,24 @@ PYBIND11_MODULE(mmattn, m) {
         py::arg("scale") = py::none(), py::arg("threads") = 0,
         "The layout's last q.shape[0] positions over a cache of the whole layout: k, v [tokens, kv_heads, head_dim], "
         "or paged pools [num_blocks, block_size, kv_heads, head_dim] with block_table (int32).");
+  py::class_<mmattn::DecodeStep>(m, "DecodeStep",
+                                 "A decode step planned once (the layout's last new_tokens positions), run by every "
+                                 "layer of the step.")
+      .def(py::init([](const mmattn::SequenceLayout& layout, const P& policy, index_t new_tokens) {
+             return mmattn::DecodeStep(layout, policy, new_tokens);
+           }),
+           py::arg("layout"), py::arg("policy"), py::arg("new_tokens") = 1)
+      .def_property_readonly("new_tokens", &mmattn::DecodeStep::new_tokens)
+      .def_property_readonly("query_begin", &mmattn::DecodeStep::query_begin)
+      .def_property_readonly("key_end", &mmattn::DecodeStep::key_end,
+                             "The step reads keys [0, key_end): caches need hold only that many tokens.")
+      .def_property_readonly("layout", [](const mmattn::DecodeStep& s) { return s.layout(); })
+      .def("forward", &decode_step, py::arg("q"), py::arg("k"), py::arg("v"), py::kw_only(),
+           py::arg("block_table") = py::none(), py::arg("out") = py::none(), py::arg("return_lse") = false,
+           py::arg("scale") = py::none(), py::arg("threads") = 0,
+           "One layer of the step: q [new_tokens, heads, head_dim]; k, v [capacity >= key_end, kv_heads, "
+           "head_dim], or paged pools with block_table. Returns out, or (out, lse).");
+
   m.def("safe_chunk_ends", &mmattn::safe_chunk_ends, py::arg("layout"), py::arg("policy"), py::arg("max_chunk"),
         "Chunk ends for chunked prefill where every chunk is exact (never reads a key not written yet).");
   m.def("to_bf16", &to_bf16, py::arg("x"), "float32 -> uint16 bf16 bits, rounded to nearest even.");

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "erased_attention.hpp"
+#include "mmattn/decode.hpp"
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/plan_stats.hpp"
 
@@ -23,6 +24,9 @@ struct mmattn_policy {
 };
 struct mmattn_attention {
   mmattn::MultimodalAttention<float> attention;
+};
+struct mmattn_decode_step {
+  mmattn::DecodeStep step;
 };
 
 namespace {
@@ -233,6 +237,10 @@ mmattn_status mmattn_layout_add_video(mmattn_layout* layout, int64_t frames, int
       [&] { require_arg(layout, "mmattn_layout_add_video", "layout").layout.add_video(frames, rows, cols); });
 }
 
+mmattn_status mmattn_layout_extend_text(mmattn_layout* layout, int64_t tokens) {
+  return guarded([&] { require_arg(layout, "mmattn_layout_extend_text", "layout").layout.extend_text(tokens); });
+}
+
 mmattn_status mmattn_layout_size(const mmattn_layout* layout, int64_t* size) {
   return guarded([&] {
     const auto& l = require_arg(layout, "mmattn_layout_size", "layout");
@@ -419,6 +427,40 @@ mmattn_status mmattn_decode(const mmattn_attention_config* config, const mmattn_
     const bindings::ErasedPagedCache cv = erased(require_arg(v, f, "v"), "v");
     const bindings::ErasedTensor to = erased(require_arg(out, f, "out"), "out");
     bindings::decode(cfg, l, p, tq, ck, cv, to, lse_view(lse), executor_of(num_threads, f));
+  });
+}
+
+mmattn_status mmattn_decode_step_create(const mmattn_layout* layout, const mmattn_policy* policy, int64_t new_tokens,
+                                        mmattn_decode_step** out) {
+  return guarded([&] {
+    const char* f = "mmattn_decode_step_create";
+    const auto& l = require_arg(layout, f, "layout").layout;
+    const auto& p = require_arg(policy, f, "policy").policy;
+    require_arg(out, f, "out") = new mmattn_decode_step{mmattn::DecodeStep(l, p, new_tokens)};
+  });
+}
+
+void mmattn_decode_step_destroy(mmattn_decode_step* step) { delete step; }
+
+mmattn_status mmattn_decode_step_key_end(const mmattn_decode_step* step, int64_t* key_end) {
+  return guarded([&] {
+    const char* f = "mmattn_decode_step_key_end";
+    require_arg(key_end, f, "key_end") = require_arg(step, f, "step").step.key_end();
+  });
+}
+
+mmattn_status mmattn_decode_step_run(const mmattn_attention_config* config, const mmattn_decode_step* step,
+                                     const mmattn_tensor* q, const mmattn_paged_cache* k, const mmattn_paged_cache* v,
+                                     const mmattn_tensor* out, const mmattn_lse* lse, int num_threads) {
+  return guarded([&] {
+    const char* f = "mmattn_decode_step_run";
+    const mmattn::AttentionConfig cfg = config_of(require_arg(config, f, "config"));
+    const mmattn::DecodeStep& s = require_arg(step, f, "step").step;
+    const bindings::ErasedTensor tq = erased(require_arg(q, f, "q"), "q");
+    const bindings::ErasedPagedCache ck = erased(require_arg(k, f, "k"), "k");
+    const bindings::ErasedPagedCache cv = erased(require_arg(v, f, "v"), "v");
+    const bindings::ErasedTensor to = erased(require_arg(out, f, "out"), "out");
+    bindings::decode(cfg, s, tq, ck, cv, to, lse_view(lse), executor_of(num_threads, f));
   });
 }
 

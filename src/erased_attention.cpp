@@ -91,4 +91,15 @@ void decode(const AttentionConfig& cfg, const SequenceLayout& layout, const Regi
   });
 }
 
+void decode(const AttentionConfig& cfg, const DecodeStep& step, const ErasedTensor& q, const ErasedPagedCache& k,
+            const ErasedPagedCache& v, const ErasedTensor& out, const LseView& lse, const Executor& executor) {
+  require_supported_mix(q.type, k.type, v.type, out.type);
+  with_types(q.type, k.type, [&](auto qo_type, auto kv_type) {
+    using TQ = typename decltype(qo_type)::type;
+    using TKV = typename decltype(kv_type)::type;
+    decode_attention(cfg, step, TensorView<const TQ>(typed<TQ>(q)), typed<TKV>(k), typed<TKV>(v), typed<TQ>(out), lse,
+                     SplitKvOptions{}, executor);
+  });
+}
+
 }  // namespace mmattn::bindings

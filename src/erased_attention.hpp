@@ -10,6 +10,7 @@
 #include <string>
 
 #include "mmattn/attention_config.hpp"
+#include "mmattn/decode.hpp"
 #include "mmattn/executor.hpp"
 #include "mmattn/layout.hpp"
 #include "mmattn/multimodal_attention.hpp"
@@ -58,5 +59,9 @@ void forward(const MultimodalAttention<float>& attention, const ErasedTensor& q,
 void decode(const AttentionConfig& cfg, const SequenceLayout& layout, const RegionPolicy& policy, const ErasedTensor& q,
             const ErasedPagedCache& k, const ErasedPagedCache& v, const ErasedTensor& out, const LseView& lse,
             const Executor& executor);
+
+// decode_attention(cfg, step, q, k, v, out, lse): a step planned once, run by every layer.
+void decode(const AttentionConfig& cfg, const DecodeStep& step, const ErasedTensor& q, const ErasedPagedCache& k,
+            const ErasedPagedCache& v, const ErasedTensor& out, const LseView& lse, const Executor& executor);
 
 }  // namespace mmattn::bindings

@@ -77,6 +77,9 @@ MMATTN_C_EXPORT mmattn_status mmattn_layout_add_text(mmattn_layout* layout, int6
 MMATTN_C_EXPORT mmattn_status mmattn_layout_add_image(mmattn_layout* layout, int64_t rows, int64_t cols);
 MMATTN_C_EXPORT mmattn_status mmattn_layout_add_video(mmattn_layout* layout, int64_t frames, int64_t rows,
                                                       int64_t cols);
+/* Lengthens the last text segment by `tokens` (or appends one after an image): a decode step's
+ * growth, which keeps one segment however many tokens are generated. */
+MMATTN_C_EXPORT mmattn_status mmattn_layout_extend_text(mmattn_layout* layout, int64_t tokens);
 /* Tokens in the layout. */
 MMATTN_C_EXPORT mmattn_status mmattn_layout_size(const mmattn_layout* layout, int64_t* size);
 
@@ -275,6 +278,22 @@ MMATTN_C_EXPORT mmattn_status mmattn_decode(const mmattn_attention_config* confi
                                             const mmattn_policy* policy, const mmattn_tensor* q,
                                             const mmattn_paged_cache* k, const mmattn_paged_cache* v,
                                             const mmattn_tensor* out, const mmattn_lse* lse, int num_threads);
+
+/* A decode step planned once and run by every layer of the step (decode.hpp's DecodeStep): the
+ * layout's last new_tokens positions. The layout and policy are copied. */
+typedef struct mmattn_decode_step mmattn_decode_step;
+
+MMATTN_C_EXPORT mmattn_status mmattn_decode_step_create(const mmattn_layout* layout, const mmattn_policy* policy,
+                                                        int64_t new_tokens, mmattn_decode_step** out);
+MMATTN_C_EXPORT void mmattn_decode_step_destroy(mmattn_decode_step* step);
+/* The step reads keys [0, key_end): the caches need hold only that many tokens. */
+MMATTN_C_EXPORT mmattn_status mmattn_decode_step_key_end(const mmattn_decode_step* step, int64_t* key_end);
+/* One layer of the step: q/out [new_tokens, num_heads, head_dim]; k/v caches holding at least
+ * key_end tokens (more, such as a cache's capacity, are never read). Thread-safe on one step. */
+MMATTN_C_EXPORT mmattn_status mmattn_decode_step_run(const mmattn_attention_config* config,
+                                                     const mmattn_decode_step* step, const mmattn_tensor* q,
+                                                     const mmattn_paged_cache* k, const mmattn_paged_cache* v,
+                                                     const mmattn_tensor* out, const mmattn_lse* lse, int num_threads);
 
 #ifdef __cplusplus
 }

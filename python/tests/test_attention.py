@@ -190,6 +190,52 @@ def test_decode(qo, kv, paged_cache):
         assert err <= bound, f"{qo}/{kv} step {step}: {err:.3g}"
 
 
+@pytest.mark.parametrize("paged_cache", [False, True])
+def test_decode_step_shared_by_layers(paged_cache):
+    """Generation: the layout grows by extend_text, each step is planned once and run by every
+    layer over that layer's cache; caches are preallocated to a capacity whose unwritten tail is
+    NaN (never read). Against torch per layer and step."""
+    rng = np.random.default_rng([9, int(paged_cache)])
+    heads, kv_heads, dim, layers, capacity, block = 6, 3, 16, 3, 120, 8
+    spec = [("text", 5), ("image", 7, 6), ("text", 11)]
+    layout = build_layout(mmattn, spec)
+    policy_preset = random_preset("gemma3_global", rng)
+    policy = policy_preset.policy(mmattn)
+    k = np.full((layers, capacity, kv_heads, dim), np.nan, np.float32)
+    v = np.full((layers, capacity, kv_heads, dim), np.nan, np.float32)
+    q_all = rng.standard_normal((layers, capacity, heads, dim)).astype(np.float32)
+    text_tail = 11
+    for step in range(5):
+        n = len(layout)
+        k[:, :n] = np.where(np.isnan(k[:, :n]), rng.standard_normal(k[:, :n].shape), k[:, :n])
+        v[:, :n] = np.where(np.isnan(v[:, :n]), rng.standard_normal(v[:, :n].shape), v[:, :n])
+        decode = mmattn.DecodeStep(layout, policy, new_tokens=1)
+        assert decode.key_end <= n and decode.query_begin == n - 1 and decode.new_tokens == 1
+        segs = segments_of(spec[:-1] + [("text", text_tail)])
+        mask = policy_preset.mask(segs, n, n - 1, n)
+        for layer in range(layers):
+            q = q_all[layer, n - 1:n]
+            if paged_cache:
+                table = rng.permutation(capacity // block).astype(np.int32)
+                pool_k = np.full((capacity // block, block, kv_heads, dim), np.nan, np.float32)
+                pool_v = pool_k.copy()
+                for b, physical in enumerate(table):
+                    pool_k[physical] = k[layer, b * block:(b + 1) * block]
+                    pool_v[physical] = v[layer, b * block:(b + 1) * block]
+                out = decode.forward(q, pool_k, pool_v, block_table=table, threads=2)
+            else:
+                out = decode.forward(q, k[layer], v[layer])  # the whole capacity: only [0, key_end) is read
+            ref = torch_attention(q, k[layer, :n], v[layer, :n], mask, 1 / np.sqrt(dim))
+            assert max_relative_error(out, ref) <= FP32_BOUND, f"step {step} layer {layer}"
+        layout.extend_text(1)
+        text_tail += 1
+    assert len(layout.segments) == 3  # extend_text grew the last text segment
+    with pytest.raises(mmattn.Error, match="q: holds 2 tokens but the decode step has 1 new tokens"):
+        decode.forward(q_all[0, :2], k[0], v[0])
+    with pytest.raises(mmattn.Error, match="k: the cache holds 3 tokens"):
+        decode.forward(q_all[0, :1], k[0, :3], v[0, :3])
+
+
 def test_bf16_convention_matches_torch():
     x = np.random.default_rng(3).standard_normal(1000).astype(np.float32) * 100
     x[:4] = [0.0, -0.0, np.inf, 1.0 + 2.0**-8]  # 1 + 2^-8 rounds to even: 1.0

@@ -349,6 +349,51 @@ static void check_bf16_chunks_and_decode(void) {
     CHECK(err <= 1e-5, "decode over a shuffled paged bf16 cache: max relative error %g", err);
   }
 
+  /* The same decode as a step planned once and run by two "layers", over a contiguous cache of
+   * larger capacity (one block; the unwritten tail holds bf16 NaNs and is never read). */
+  {
+    const int64_t capacity = n + 9;
+    uint16_t *cap_k = (uint16_t*)malloc((size_t)(capacity * kv_heads * dim) * sizeof(uint16_t)),
+             *cap_v = (uint16_t*)malloc((size_t)(capacity * kv_heads * dim) * sizeof(uint16_t));
+    int32_t zero = 0;
+    int64_t key_end = -1;
+    int layer;
+    mmattn_decode_step* step = NULL;
+    mmattn_paged_cache ck = pk, cv;
+    for (i = 0; i < capacity * kv_heads * dim; ++i) {
+      cap_k[i] = i < n * kv_heads * dim ? kb[i] : (uint16_t)0x7FC0;
+      cap_v[i] = i < n * kv_heads * dim ? vb[i] : (uint16_t)0x7FC0;
+    }
+    ck.pool = cap_k;
+    ck.block_table = &zero;
+    ck.num_blocks = 1;
+    ck.block_size = capacity;
+    ck.table_blocks = 1;
+    ck.tokens = capacity;
+    ck.block_stride = 0;
+    cv = ck;
+    cv.pool = cap_v;
+    OK(mmattn_decode_step_create(layout, policy, fresh, &step));
+    OK(mmattn_decode_step_key_end(step, &key_end));
+    CHECK(key_end > 0 && key_end <= n, "key_end %lld of %lld tokens", (long long)key_end, (long long)n);
+    for (layer = 0; layer < 2; ++layer) {
+      for (i = 0; i < fresh * heads * dim; ++i) dd[i] = NAN;
+      OK(mmattn_decode_step_run(&cfg, step, &q_last, &ck, &cv, &out_last, NULL, 2));
+      {
+        const double err = max_relative_error(&out_last, expected + (n - fresh) * heads * dim, fresh, heads, dim);
+        CHECK(err <= 1e-5, "decode step, layer %d, over a cache of capacity %lld: max relative error %g", layer,
+              (long long)capacity, err);
+      }
+    }
+    ck.tokens = cv.tokens = key_end - 1;
+    CHECK(mmattn_decode_step_run(&cfg, step, &q_last, &ck, &cv, &out_last, NULL, 2) == MMATTN_ERROR_INVALID_ARGUMENT &&
+              strstr(mmattn_last_error(), "the step reads keys") != NULL,
+          "a cache shorter than key_end: got '%s'", mmattn_last_error());
+    mmattn_decode_step_destroy(step);
+    free(cap_k);
+    free(cap_v);
+  }
+
   /* A table entry outside the pool: an error naming it, and the output untouched. */
   table[0] = (int32_t)blocks;
   for (i = 0; i < fresh * heads * dim; ++i) dd[i] = NAN;
@@ -408,7 +453,8 @@ static void check_errors(void) {
   int i, untouched = 1;
 
   OK(mmattn_layout_create(&layout));
-  OK(mmattn_layout_add_text(layout, 2));
+  OK(mmattn_layout_add_text(layout, 1));
+  OK(mmattn_layout_extend_text(layout, 1)); /* one text segment of 2 */
   OK(mmattn_policy_create_preset(MMATTN_PRESET_DECODER_CAUSAL, NULL, &policy));
   CHECK(mmattn_attention_create(&cfg, layout, policy, NULL, &attention) == MMATTN_ERROR_INVALID_ARGUMENT &&
             attention == NULL && strstr(mmattn_last_error(), "num_kv_heads (3) must divide num_heads (8)") != NULL,
