@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "erased_attention.hpp"
+#include "mmattn/batched_attention.hpp"
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/plan_stats.hpp"
 #include "mmattn/planner.hpp"
@@ -284,6 +285,79 @@ py::object decode_with(const py::object& q, const py::object& k, const py::objec
   return result(std::move(out_array), std::move(lse));
 }
 
+// The batched class as Python holds it. Sequences are (layout, policy) or (layout, policy,
+// query_begin, query_end) tuples.
+struct Batch {
+  mmattn::BatchedAttention batch;
+
+  static Batch make(const std::vector<py::tuple>& sequences, index_t num_heads, std::optional<index_t> num_kv_heads,
+                    index_t head_dim, std::optional<float> scale, int threads) {
+    MMATTN_REQUIRE(threads >= 0, "threads must be >= 0 (0: OpenMP's default), got " + std::to_string(threads));
+    std::vector<mmattn::BatchSequence> seqs;
+    for (size_t i = 0; i < sequences.size(); ++i) {
+      const py::tuple& t = sequences[i];
+      MMATTN_REQUIRE(t.size() == 2 || t.size() == 4, "batch: sequence " + std::to_string(i) +
+                                                         " must be (layout, policy) or (layout, policy, "
+                                                         "query_begin, query_end), got " +
+                                                         std::to_string(t.size()) + " items");
+      mmattn::BatchSequence s{t[0].cast<mmattn::SequenceLayout>(), t[1].cast<mmattn::RegionPolicy>()};
+      if (t.size() == 4) {
+        s.query_begin = t[2].cast<index_t>();
+        s.query_end = t[3].is_none() ? -1 : t[3].cast<index_t>();
+      }
+      seqs.push_back(std::move(s));
+    }
+    const mmattn::AttentionConfig cfg{num_heads, num_kv_heads.value_or(num_heads), head_dim, scale};
+    return {mmattn::BatchedAttention(cfg, seqs, {}, mmattn::Executor::openmp(threads))};
+  }
+
+  // k, v: a list of one cache per sequence, or one paged pool shared by every sequence's table.
+  py::object forward(const py::object& q, const py::object& k, const py::object& v, const py::object& block_tables,
+                     const py::object& out, bool return_lse, bool split_kv) const {
+    const index_t n = batch.num_sequences();
+    const bindings::ErasedTensor tq = tensor_of(q, "q", false);
+    std::vector<py::object> tables(static_cast<size_t>(n), py::none());
+    if (!block_tables.is_none()) {
+      const auto list = block_tables.cast<std::vector<py::object>>();
+      MMATTN_REQUIRE(static_cast<index_t>(list.size()) == n, "block_tables: holds " + std::to_string(list.size()) +
+                                                                 " tables but the batch has " + std::to_string(n) +
+                                                                 " sequences");
+      tables = list;
+    }
+    std::vector<std::vector<std::int32_t>> contiguous(2 * static_cast<size_t>(n));
+    auto caches = [&](const py::object& arg, const char* name, size_t slot) {
+      std::vector<bindings::ErasedPagedCache> out_caches;
+      const bool per_sequence = py::isinstance<py::list>(arg) || py::isinstance<py::tuple>(arg);
+      const auto list = per_sequence ? arg.cast<std::vector<py::object>>() : std::vector<py::object>{};
+      MMATTN_REQUIRE(!per_sequence || static_cast<index_t>(list.size()) == n,
+                     std::string(name) + ": holds " + std::to_string(list.size()) + " caches but the batch has " +
+                         std::to_string(n) + " sequences");
+      MMATTN_REQUIRE(per_sequence || !block_tables.is_none(),
+                     std::string(name) + ": one array for every sequence is a shared paged pool and needs "
+                                         "block_tables; otherwise pass a list of caches");
+      for (index_t i = 0; i < n; ++i) {
+        const auto at = static_cast<size_t>(i);
+        const std::string who = std::string(name) + "[" + std::to_string(i) + "]";
+        out_caches.push_back(cache_of(per_sequence ? list[at] : arg, who.c_str(), tables[at],
+                                      batch.plan(i).key_tokens, contiguous[slot + at]));
+      }
+      return out_caches;
+    };
+    const std::vector<bindings::ErasedPagedCache> ck = caches(k, "k", 0), cv = caches(v, "v", static_cast<size_t>(n));
+    const mmattn::AttentionConfig& cfg = batch.config();
+    bindings::ErasedTensor to;
+    py::array out_array = output_of(out, tq, cfg.num_heads, cfg.head_dim, to);
+    mmattn::LseView lse_view;
+    std::optional<py::array_t<float>> lse;
+    if (return_lse) lse = lse_array(to.tokens, cfg.num_heads, lse_view);
+    {
+      py::gil_scoped_release release;
+      bindings::batched_forward(batch, tq, ck, cv, to, lse_view, split_kv);
+    }
+    return result(std::move(out_array), std::move(lse));
+  }
+};
+
 py::object decode(const mmattn::SequenceLayout& layout, const mmattn::RegionPolicy& policy, const py::object& q,
                   const py::object& k, const py::object& v, const py::object& block_table, const py::object& out,
                   bool return_lse, std::optional<float> scale, int threads) {
@@ -516,6 +590,26 @@ PYBIND11_MODULE(mmattn, m) {
            py::arg("scale") = py::none(), py::arg("threads") = 0,
            "One layer of the step: q [new_tokens, heads, head_dim]; k, v [capacity >= key_end, kv_heads, "
            "head_dim], or paged pools with block_table. Returns out, or (out, lse).");
+
+  py::class_<Batch>(m, "BatchedAttention",
+                    "Many sequences in one call (varlen): each its own layout, policy, query range and K/V; "
+                    "queries and outputs packed, sequence i at rows query_offsets[i]:query_offsets[i + 1].")
+      .def(py::init(&Batch::make), py::arg("sequences"), py::kw_only(), py::arg("num_heads"),
+           py::arg("num_kv_heads") = py::none(), py::arg("head_dim"), py::arg("scale") = py::none(),
+           py::arg("threads") = 0)
+      .def("forward", &Batch::forward, py::arg("q"), py::arg("k"), py::arg("v"), py::kw_only(),
+           py::arg("block_tables") = py::none(), py::arg("out") = py::none(), py::arg("return_lse") = false,
+           py::arg("split_kv") = false,
+           "q: [total_queries, heads, head_dim]; k, v: a list of caches (one per sequence, [tokens, kv_heads, "
+           "head_dim] or paged pools with block_tables), or one paged pool shared by all with block_tables. "
+           "split_kv: decode and short chunks.")
+      .def_property_readonly("query_offsets", [](const Batch& b) { return b.batch.query_offsets(); })
+      .def_property_readonly("total_queries", [](const Batch& b) { return b.batch.total_queries(); })
+      .def_property_readonly("num_sequences", [](const Batch& b) { return b.batch.num_sequences(); })
+      .def("keys_read", [](const Batch& b, index_t i) {
+             MMATTN_REQUIRE(i >= 0 && i < b.batch.num_sequences(), "batch: no sequence " + std::to_string(i));
+             return b.batch.keys_read(i);
+           }, py::arg("sequence"));
 
   m.def("safe_chunk_ends", &mmattn::safe_chunk_ends, py::arg("layout"), py::arg("policy"), py::arg("max_chunk"),
         "Chunk ends for chunked prefill where every chunk is exact (never reads a key not written yet).");

@@ -102,4 +102,31 @@ void decode(const AttentionConfig& cfg, const DecodeStep& step, const ErasedTens
   });
 }
 
+void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
+                     const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse,
+                     bool split_kv) {
+  MMATTN_REQUIRE(!k.empty() && !v.empty(), "batch: no K/V caches");
+  for (size_t i = 0; i < k.size(); ++i)
+    MMATTN_REQUIRE(k[i].type == k[0].type, "batch: k of sequence " + std::to_string(i) + " is " +
+                                               element_type_name(k[i].type) + " but sequence 0's is " +
+                                               element_type_name(k[0].type));
+  for (size_t i = 0; i < v.size(); ++i)
+    MMATTN_REQUIRE(v[i].type == v[0].type, "batch: v of sequence " + std::to_string(i) + " is " +
+                                               element_type_name(v[i].type) + " but sequence 0's is " +
+                                               element_type_name(v[0].type));
+  require_supported_mix(q.type, k[0].type, v[0].type, out.type);
+  with_types(q.type, k[0].type, [&](auto qo_type, auto kv_type) {
+    using TQ = typename decltype(qo_type)::type;
+    using TKV = typename decltype(kv_type)::type;
+    std::vector<PagedKVView<const TKV>> kv_k, kv_v;
+    for (const ErasedPagedCache& c : k) kv_k.push_back(typed<TKV>(c));
+    for (const ErasedPagedCache& c : v) kv_v.push_back(typed<TKV>(c));
+    const TensorView<const TQ> tq = typed<TQ>(q);
+    if (split_kv)
+      batch.forward_split_kv(tq, batch.query_offsets(), kv_k, kv_v, typed<TQ>(out), lse);
+    else
+      batch.forward(tq, batch.query_offsets(), kv_k, kv_v, typed<TQ>(out), lse);
+  });
+}
+
 }  // namespace mmattn::bindings

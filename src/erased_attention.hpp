@@ -9,7 +9,10 @@
 #include <cstdint>
 #include <string>
 
+#include <vector>
+
 #include "mmattn/attention_config.hpp"
+#include "mmattn/batched_attention.hpp"
 #include "mmattn/decode.hpp"
 #include "mmattn/executor.hpp"
 #include "mmattn/layout.hpp"
@@ -63,5 +66,12 @@ void decode(const AttentionConfig& cfg, const SequenceLayout& layout, const Regi
 // decode_attention(cfg, step, q, k, v, out, lse): a step planned once, run by every layer.
 void decode(const AttentionConfig& cfg, const DecodeStep& step, const ErasedTensor& q, const ErasedPagedCache& k,
             const ErasedPagedCache& v, const ErasedTensor& out, const LseView& lse, const Executor& executor);
+
+// batch.forward (or forward_split_kv) over packed Q/O, sequence i at rows
+// [batch.query_offsets()[i], batch.query_offsets()[i + 1]), with its own K/V caches; every k (and
+// every v) of one element type.
+void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
+                     const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse,
+                     bool split_kv);
 
 }  // namespace mmattn::bindings

@@ -236,6 +236,51 @@ def test_decode_step_shared_by_layers(paged_cache):
         decode.forward(q_all[0, :1], k[0, :3], v[0, :3])
 
 
+@pytest.mark.parametrize("paged_cache,split_kv", [(False, False), (False, True), (True, False), (True, True)])
+def test_batched_sequences(paged_cache, split_kv):
+    """A batch of sequences with their own layouts, presets and query ranges (whole prefill, a
+    chunk, decode of the last token), packed Q/O, caches per sequence or one shared paged pool:
+    each sequence's rows against torch."""
+    rng = np.random.default_rng([11, int(paged_cache), int(split_kv)])
+    heads, kv_heads, dim, block = 4, 2, 16, 4
+    entries = []
+    for i, name in enumerate(["structured", "gemma3_global", "decoder_causal", "qwen25vl_window"]):
+        spec = random_spec(rng, videos=False) + [("text", int(rng.integers(2, 9)))]
+        preset = random_preset(name, rng)
+        n = sum(s.length for s in segments_of(spec))
+        begin, end = [(0, n), (n - 1, n), (0, n), (n - 1, n)][i]  # prefill or decode of the last token
+        entries.append((spec, preset, n, begin, end))
+    sequences = [(build_layout(mmattn, spec), p.policy(mmattn), b, e) for spec, p, n, b, e in entries]
+    batch = mmattn.BatchedAttention(sequences, num_heads=heads, num_kv_heads=kv_heads, head_dim=dim, threads=2)
+    offsets = batch.query_offsets
+    assert offsets[0] == 0 and offsets[-1] == batch.total_queries and batch.num_sequences == 4
+    q = rng.standard_normal((batch.total_queries, heads, dim)).astype(np.float32)
+    ks = [rng.standard_normal((n, kv_heads, dim)).astype(np.float32) for _, _, n, _, _ in entries]
+    vs = [rng.standard_normal((n, kv_heads, dim)).astype(np.float32) for _, _, n, _, _ in entries]
+    if paged_cache:  # one pool shared by every sequence, blocks handed out shuffled
+        counts = [-(-n // block) for _, _, n, _, _ in entries]
+        physical = rng.permutation(sum(counts) + 3).astype(np.int32)
+        tables, at = [], 0
+        pool_k = np.full((sum(counts) + 3, block, kv_heads, dim), np.nan, np.float32)
+        pool_v = pool_k.copy()
+        for i, c in enumerate(counts):
+            tables.append(physical[at:at + c].copy())
+            at += c
+            for b, p in enumerate(tables[-1]):
+                rows = ks[i][b * block:(b + 1) * block]
+                pool_k[p, :len(rows)] = rows
+                pool_v[p, :len(rows)] = vs[i][b * block:(b + 1) * block]
+        out = batch.forward(q, pool_k, pool_v, block_tables=tables, split_kv=split_kv)
+    else:
+        out = batch.forward(q, ks, vs, split_kv=split_kv)
+    for i, (spec, preset, n, begin, end) in enumerate(entries):
+        rows = slice(offsets[i], offsets[i + 1])
+        ref = torch_attention(q[rows], ks[i], vs[i], preset.mask(segments_of(spec), n, begin, end), 1 / np.sqrt(dim))
+        assert max_relative_error(out[rows], ref) <= FP32_BOUND, f"sequence {i} ({preset.name})"
+    with pytest.raises(mmattn.Error, match="k: holds 3 caches but the batch has 4 sequences"):
+        batch.forward(q, ks[:3], vs)
+
+
 def test_bf16_convention_matches_torch():
     x = np.random.default_rng(3).standard_normal(1000).astype(np.float32) * 100
     x[:4] = [0.0, -0.0, np.inf, 1.0 + 2.0**-8]  # 1 + 2^-8 rounds to even: 1.0
