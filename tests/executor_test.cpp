@@ -58,8 +58,10 @@ class ThreadPool {
     if (error_) std::rethrow_exception(error_);
   }
 
-  Executor executor() {
-    return Executor::custom([this](index_t n, const Executor::Body& body) { run(n, body); }, size());
+  // concurrency <= 0: the worker count.
+  Executor executor(int concurrency = 0) {
+    return Executor::custom([this](index_t n, const Executor::Body& body) { run(n, body); },
+                            concurrency > 0 ? concurrency : size());
   }
 
  private:
@@ -205,8 +207,8 @@ TEST(Executor, EigenPathOnAPoolCreatesNoThreads) {
 // work split, so the same bits, over random cases on every prefill path this CPU has.
 TEST(Executor, CustomPoolMatchesOpenMPBitwise) {
   ThreadPool pool(2);
-  const Executor custom = pool.executor();
-  const Executor omp = Executor::openmp(2);
+  const Executor omp = Executor::openmp(2);  // serial, concurrency 1, in a build without OpenMP
+  const Executor custom = pool.executor(omp.concurrency());  // the same split-KV cut
   const int kCases = kSlowBuild ? 10 : 40;
   const Isa saved = active_isa();
   int runs = 0;
