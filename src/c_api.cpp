@@ -10,8 +10,10 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "erased_attention.hpp"
+#include "mmattn/batched_attention.hpp"
 #include "mmattn/decode.hpp"
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/plan_stats.hpp"
@@ -27,6 +29,9 @@ struct mmattn_attention {
 };
 struct mmattn_decode_step {
   mmattn::DecodeStep step;
+};
+struct mmattn_batch {
+  mmattn::BatchedAttention batch;
 };
 
 namespace {
@@ -461,6 +466,63 @@ mmattn_status mmattn_decode_step_run(const mmattn_attention_config* config, cons
     const bindings::ErasedPagedCache cv = erased(require_arg(v, f, "v"), "v");
     const bindings::ErasedTensor to = erased(require_arg(out, f, "out"), "out");
     bindings::decode(cfg, s, tq, ck, cv, to, lse_view(lse), executor_of(num_threads, f));
+  });
+}
+
+// ---- Batches ----
+
+mmattn_status mmattn_batch_create(const mmattn_attention_config* config, const mmattn_batch_sequence* sequences,
+                                  int64_t count, int num_threads, mmattn_batch** out) {
+  return guarded([&] {
+    const char* f = "mmattn_batch_create";
+    const mmattn::AttentionConfig cfg = config_of(require_arg(config, f, "config"));
+    require_arg(sequences, f, "sequences");
+    require_arg(out, f, "out");
+    MMATTN_REQUIRE(count > 0, std::string(f) + ": count must be positive, got " + std::to_string(count));
+    std::vector<mmattn::BatchSequence> seqs;
+    for (int64_t i = 0; i < count; ++i) {
+      const mmattn_batch_sequence& s = sequences[i];
+      const std::string who = "sequences[" + std::to_string(i) + "]";
+      const auto& layout = require_arg(s.layout, f, (who + ".layout").c_str()).layout;
+      const auto& policy = require_arg(s.policy, f, (who + ".policy").c_str()).policy;
+      MMATTN_REQUIRE(s.query_end >= 0, std::string(f) + ": " + who + ".query_end must be >= 0 (0: the layout's end)");
+      seqs.push_back({layout, policy, s.query_begin, s.query_end == 0 ? -1 : s.query_end});
+    }
+    *out = new mmattn_batch{mmattn::BatchedAttention(cfg, seqs, {}, executor_of(num_threads, f))};
+  });
+}
+
+void mmattn_batch_destroy(mmattn_batch* batch) { delete batch; }
+
+mmattn_status mmattn_batch_query_offsets(const mmattn_batch* batch, int64_t* offsets, int64_t capacity) {
+  return guarded([&] {
+    const char* f = "mmattn_batch_query_offsets";
+    const auto& b = require_arg(batch, f, "batch").batch;
+    require_arg(offsets, f, "offsets");
+    const std::vector<index_t>& o = b.query_offsets();
+    MMATTN_REQUIRE(capacity >= static_cast<int64_t>(o.size()), std::string(f) + ": offsets holds " +
+                                                                   std::to_string(capacity) + " but the batch needs " +
+                                                                   std::to_string(o.size()));
+    for (size_t i = 0; i < o.size(); ++i) offsets[i] = o[i];
+  });
+}
+
+mmattn_status mmattn_batch_forward(const mmattn_batch* batch, const mmattn_tensor* q, const mmattn_paged_cache* k,
+                                   const mmattn_paged_cache* v, const mmattn_tensor* out, const mmattn_lse* lse,
+                                   int split_kv) {
+  return guarded([&] {
+    const char* f = "mmattn_batch_forward";
+    const auto& b = require_arg(batch, f, "batch").batch;
+    const bindings::ErasedTensor tq = erased(require_arg(q, f, "q"), "q");
+    require_arg(k, f, "k");
+    require_arg(v, f, "v");
+    std::vector<bindings::ErasedPagedCache> ck, cv;
+    for (index_t i = 0; i < b.num_sequences(); ++i) {
+      ck.push_back(erased(k[i], ("k[" + std::to_string(i) + "]").c_str()));
+      cv.push_back(erased(v[i], ("v[" + std::to_string(i) + "]").c_str()));
+    }
+    const bindings::ErasedTensor to = erased(require_arg(out, f, "out"), "out");
+    bindings::batched_forward(b, tq, ck, cv, to, lse_view(lse), split_kv != 0);
   });
 }
 

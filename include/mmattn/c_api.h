@@ -295,6 +295,33 @@ MMATTN_C_EXPORT mmattn_status mmattn_decode_step_run(const mmattn_attention_conf
                                                      const mmattn_paged_cache* k, const mmattn_paged_cache* v,
                                                      const mmattn_tensor* out, const mmattn_lse* lse, int num_threads);
 
+/* ---- Batches: many sequences in one call (varlen) ---- */
+
+/* Each sequence has its own layout, policy, query range and K/V; queries and outputs of all are
+ * packed into one tensor, sequence i at rows [offsets[i], offsets[i + 1]) (batched_attention.hpp). */
+typedef struct mmattn_batch mmattn_batch;
+
+typedef struct mmattn_batch_sequence {
+  const mmattn_layout* layout;
+  const mmattn_policy* policy;
+  int64_t query_begin, query_end; /* queries are positions [query_begin, query_end); query_end 0: the end */
+} mmattn_batch_sequence;
+
+/* Plans every sequence once (layouts and policies are copied). */
+MMATTN_C_EXPORT mmattn_status mmattn_batch_create(const mmattn_attention_config* config,
+                                                  const mmattn_batch_sequence* sequences, int64_t count,
+                                                  int num_threads, mmattn_batch** out);
+MMATTN_C_EXPORT void mmattn_batch_destroy(mmattn_batch* batch);
+/* The packed rows: offsets[0] = 0, ..., offsets[count] = total queries; `offsets` holds count + 1. */
+MMATTN_C_EXPORT mmattn_status mmattn_batch_query_offsets(const mmattn_batch* batch, int64_t* offsets,
+                                                         int64_t capacity);
+/* q/out: [total queries, num_heads, head_dim]; k[i], v[i]: sequence i's cache (count of each);
+ * lse NULL or [total queries, num_heads]. split_kv: split each sequence's keys over the threads
+ * (decode, short chunks). */
+MMATTN_C_EXPORT mmattn_status mmattn_batch_forward(const mmattn_batch* batch, const mmattn_tensor* q,
+                                                   const mmattn_paged_cache* k, const mmattn_paged_cache* v,
+                                                   const mmattn_tensor* out, const mmattn_lse* lse, int split_kv);
+
 #ifdef __cplusplus
 }
 #endif

@@ -550,6 +550,95 @@ static void check_policy_by_regions(void) {
   mmattn_layout_destroy(layout);
 }
 
+/* Two sequences in one batch: a structured prefill of a whole layout and a causal decode of the
+ * last token of another, Q/O packed; each sequence's rows against the reference. */
+static void check_batch(int split_kv) {
+  const int64_t heads = 4, kv_heads = 1, dim = 8;
+  mmattn_layout *a = random_layout(0), *b = random_layout(0);
+  mmattn_policy *pa = NULL, *pb = NULL;
+  mmattn_batch* batch = NULL;
+  mmattn_batch_sequence seqs[2];
+  mmattn_attention_config cfg = {4, 1, 8, 0, 0.0f};
+  int64_t na = 0, nb = 0, offsets[3] = {-1, -1, -1}, s, i, j;
+  OK(mmattn_layout_size(a, &na));
+  OK(mmattn_layout_size(b, &nb));
+  OK(mmattn_policy_create_preset(MMATTN_PRESET_STRUCTURED, NULL, &pa));
+  OK(mmattn_policy_create_preset(MMATTN_PRESET_DECODER_CAUSAL, NULL, &pb));
+  seqs[0].layout = a, seqs[0].policy = pa, seqs[0].query_begin = 0, seqs[0].query_end = 0;
+  seqs[1].layout = b, seqs[1].policy = pb, seqs[1].query_begin = nb - 1, seqs[1].query_end = 0;
+  OK(mmattn_batch_create(&cfg, seqs, 2, 2, &batch));
+  OK(mmattn_batch_query_offsets(batch, offsets, 3));
+  CHECK(offsets[0] == 0 && offsets[1] == na && offsets[2] == na + 1, "batch offsets %lld %lld %lld",
+        (long long)offsets[0], (long long)offsets[1], (long long)offsets[2]);
+  if (batch != NULL && offsets[2] == na + 1) {
+    const int64_t total = offsets[2], lengths[2] = {na, nb}, begins[2] = {0, nb - 1};
+    mmattn_layout* layouts[2];
+    mmattn_policy* policies[2];
+    float *qd = random_floats(total * heads * dim), *od = nan_floats(total * heads * dim);
+    float* kd[2];
+    float* vd[2];
+    int32_t zero = 0;
+    mmattn_paged_cache k[2], v[2];
+    mmattn_tensor q = mmattn_tensor_thd(qd, MMATTN_F32, total, heads, dim);
+    mmattn_tensor out = mmattn_tensor_thd(od, MMATTN_F32, total, heads, dim);
+    layouts[0] = a, layouts[1] = b, policies[0] = pa, policies[1] = pb;
+    for (s = 0; s < 2; ++s) {
+      kd[s] = random_floats(lengths[s] * kv_heads * dim);
+      vd[s] = random_floats(lengths[s] * kv_heads * dim);
+      memset(&k[s], 0, sizeof k[s]);
+      k[s].pool = kd[s];
+      k[s].dtype = MMATTN_F32;
+      k[s].block_table = &zero;
+      k[s].num_blocks = 1;
+      k[s].block_size = lengths[s];
+      k[s].table_blocks = 1;
+      k[s].tokens = lengths[s];
+      k[s].heads = kv_heads;
+      k[s].head_dim = dim;
+      k[s].token_stride = kv_heads * dim;
+      k[s].head_stride = dim;
+      k[s].dim_stride = 1;
+      v[s] = k[s];
+      v[s].pool = vd[s];
+    }
+    OK(mmattn_batch_forward(batch, &q, k, v, &out, NULL, split_kv));
+    for (s = 0; s < 2; ++s) {
+      const int64_t rows = offsets[s + 1] - offsets[s], n = lengths[s];
+      unsigned char* mask = (unsigned char*)malloc((size_t)(rows * n));
+      double* expected = (double*)malloc((size_t)(rows * heads * dim) * sizeof(double));
+      mmattn_tensor qs = mmattn_tensor_thd(qd + offsets[s] * heads * dim, MMATTN_F32, rows, heads, dim);
+      mmattn_tensor os = mmattn_tensor_thd(od + offsets[s] * heads * dim, MMATTN_F32, rows, heads, dim);
+      mmattn_tensor ks = mmattn_tensor_thd(kd[s], MMATTN_F32, n, kv_heads, dim);
+      mmattn_tensor vs = mmattn_tensor_thd(vd[s], MMATTN_F32, n, kv_heads, dim);
+      for (i = 0; i < rows; ++i)
+        for (j = 0; j < n; ++j) {
+          int allowed = 0;
+          OK(mmattn_policy_allowed(policies[s], layouts[s], begins[s] + i, j, &allowed));
+          mask[i * n + j] = (unsigned char)allowed;
+        }
+      reference(&qs, &ks, &vs, mask, rows, n, heads, kv_heads, dim, 1.0 / sqrt((double)dim), expected);
+      {
+        const double err = max_relative_error(&os, expected, rows, heads, dim);
+        CHECK(err <= 1e-5, "batch (split_kv %d) sequence %lld: max relative error %g", split_kv, (long long)s, err);
+      }
+      free(mask);
+      free(expected);
+      free(kd[s]);
+      free(vd[s]);
+    }
+    free(qd);
+    free(od);
+  }
+  CHECK(mmattn_batch_create(&cfg, seqs, 0, 2, &batch) == MMATTN_ERROR_INVALID_ARGUMENT &&
+            strstr(mmattn_last_error(), "count must be positive") != NULL,
+        "an empty batch: got '%s'", mmattn_last_error());
+  mmattn_batch_destroy(batch);
+  mmattn_policy_destroy(pa);
+  mmattn_policy_destroy(pb);
+  mmattn_layout_destroy(a);
+  mmattn_layout_destroy(b);
+}
+
 int main(void) {
   const mmattn_preset presets[] = {MMATTN_PRESET_DECODER_CAUSAL,  MMATTN_PRESET_DENSE,
                                    MMATTN_PRESET_GEMMA3_GLOBAL,   MMATTN_PRESET_GEMMA3_LOCAL,
@@ -564,6 +653,8 @@ int main(void) {
   check_report_and_svg();
   check_errors();
   check_policy_by_regions();
+  check_batch(0);
+  check_batch(1);
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
