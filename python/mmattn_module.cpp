@@ -489,7 +489,9 @@ PYBIND11_MODULE(mmattn, m) {
       .def_static("chunked", &mmattn::Rule::chunked, py::arg("chunk"))
       .def_static(
           "dilated_band",
-          [](index_t left, index_t right, index_t dilation) { return mmattn::Rule(mmattn::DilatedBandRule{left, right, dilation}); },
+          [](index_t left, index_t right, index_t dilation) {
+            return mmattn::Rule(mmattn::DilatedBandRule{left, right, dilation});
+          },
           py::arg("left"), py::arg("right"), py::arg("dilation"))
       .def("and_causal", &mmattn::Rule::and_causal)
       .def("name", &mmattn::Rule::name)
@@ -544,7 +546,8 @@ PYBIND11_MODULE(mmattn, m) {
   py::class_<Attention>(m, "MultimodalAttention",
                         "Plans a layout under a policy once; forward() runs exact attention under that mask.")
       .def(py::init(&Attention::make),
-           py::arg("layout"), py::arg("policy"), py::kw_only(), py::arg("num_heads"), py::arg("num_kv_heads") = py::none(),
+           py::arg("layout"), py::arg("policy"), py::kw_only(), py::arg("num_heads"),
+           py::arg("num_kv_heads") = py::none(),
            py::arg("head_dim"), py::arg("scale") = py::none(), py::arg("query_begin") = 0,
            py::arg("query_end") = py::none(), py::arg("all_keys_present") = false, py::arg("threads") = 0,
            py::arg("tile_query") = py::none(), py::arg("tile_key") = py::none(),

@@ -153,7 +153,8 @@ mmattn::RegionPolicy preset_policy(mmattn_preset preset, const mmattn_preset_opt
     case MMATTN_PRESET_VISION_BLOCK_DIAGONAL: return P::vision_block_diagonal();
     case MMATTN_PRESET_QWEN25VL_WINDOW: return P::qwen25vl_window(size_or(8));
     case MMATTN_PRESET_VIDEO_WINDOWS: return P::video_windows(video_window_of(o.video_window));
-    case MMATTN_PRESET_STRUCTURED: return P::structured(image_window_of(o.image_window), video_window_of(o.video_window));
+    case MMATTN_PRESET_STRUCTURED:
+      return P::structured(image_window_of(o.image_window), video_window_of(o.video_window));
     case MMATTN_PRESET_MAX_ENUM: break;
   }
   mmattn::detail::fail("preset: unknown preset " + std::to_string(static_cast<int>(preset)));
@@ -307,7 +308,8 @@ mmattn_status mmattn_policy_set_segments(mmattn_policy* policy, int64_t query_se
                                          const mmattn_rule* rule) {
   return guarded([&] {
     const char* f = "mmattn_policy_set_segments";
-    require_arg(policy, f, "policy").policy.set_segments(query_segment, key_segment, rule_of(require_arg(rule, f, "rule")));
+    auto& p = require_arg(policy, f, "policy").policy;
+    p.set_segments(query_segment, key_segment, rule_of(require_arg(rule, f, "rule")));
   });
 }
 

@@ -59,7 +59,9 @@ const char* element_type_name(ElementType t) {
 
 index_t element_size(ElementType t) { return t == ElementType::f32 ? 4 : 2; }
 
-std::string supported_mixes() { return "(q/out, k/v) in (f32, f32), (bf16, bf16), (f16, f16), (f32, bf16), (f32, f16)"; }
+std::string supported_mixes() {
+  return "(q/out, k/v) in (f32, f32), (bf16, bf16), (f16, f16), (f32, bf16), (f32, f16)";
+}
 
 void require_supported_mix(ElementType q, ElementType k, ElementType v, ElementType out) {
   const bool ok = q == out && k == v && (q == k || q == ElementType::f32);

@@ -50,7 +50,12 @@ typedef enum mmattn_status {
   MMATTN_STATUS_MAX_ENUM = 0x7FFFFFFF
 } mmattn_status;
 
-typedef enum mmattn_dtype { MMATTN_F32 = 0, MMATTN_BF16 = 1, MMATTN_F16 = 2, MMATTN_DTYPE_MAX_ENUM = 0x7FFFFFFF } mmattn_dtype;
+typedef enum mmattn_dtype {
+  MMATTN_F32 = 0,
+  MMATTN_BF16 = 1,
+  MMATTN_F16 = 2,
+  MMATTN_DTYPE_MAX_ENUM = 0x7FFFFFFF
+} mmattn_dtype;
 
 typedef enum mmattn_segment_kind {
   MMATTN_TEXT = 0,
@@ -135,7 +140,8 @@ typedef enum mmattn_preset {
 
 /* Parameters of a preset; NULL or zero fields take the preset's defaults. */
 typedef struct mmattn_preset_options {
-  int64_t size;                    /* GEMMA3_LOCAL, SLIDING_CAUSAL: window; LLAMA4_CHUNKED: chunk; QWEN25VL_WINDOW: side */
+  /* GEMMA3_LOCAL, SLIDING_CAUSAL: the window; LLAMA4_CHUNKED: the chunk; QWEN25VL_WINDOW: the side */
+  int64_t size;
   const mmattn_rule* image_window; /* STRUCTURED: a WINDOW2D rule (default 7 x 7 sliding) */
   const mmattn_rule* video_window; /* STRUCTURED, VIDEO_WINDOWS: a WINDOW3D rule (default 3 x 7 x 7 sliding) */
 } mmattn_preset_options;

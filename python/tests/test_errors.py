@@ -88,7 +88,8 @@ def test_outputs():
     frozen.setflags(write=False)
     with pytest.raises(mmattn.Error, match="out: the array is read-only"):
         attention.forward(q, k, v, out=frozen)
-    every_token_one_row = np.lib.stride_tricks.as_strided(np.zeros(32, np.float32), shape=(14, 4, 8), strides=(0, 32, 4))
+    every_token_one_row = np.lib.stride_tricks.as_strided(np.zeros(32, np.float32), shape=(14, 4, 8),
+                                                          strides=(0, 32, 4))
     with pytest.raises(mmattn.Error, match="out: strides make elements overlap"):
         attention.forward(q, k, v, out=every_token_one_row)
 
