@@ -49,12 +49,16 @@ bindings::ErasedTensor tensor_of(const py::object& object, const char* name, boo
   const auto a = py::reinterpret_borrow<py::array>(object);
   MMATTN_REQUIRE(a.ndim() == 3, n + ": expected a [tokens, heads, head_dim] array, got " + std::to_string(a.ndim()) +
                                     " dimensions");
+  // By kind, size and byte order: an equal dtype need not be numpy's singleton descriptor.
+  const py::dtype dt = a.dtype();
+  const std::string kind = py::str(dt.attr("kind")).cast<std::string>();
+  const bool native = dt.attr("isnative").cast<bool>();
   bindings::ElementType type = bindings::ElementType::f32;
-  if (a.dtype().is(py::dtype::of<float>())) {
+  if (native && kind == "f" && a.itemsize() == 4) {
     type = bindings::ElementType::f32;
-  } else if (a.dtype().is(py::dtype("float16"))) {
+  } else if (native && kind == "f" && a.itemsize() == 2) {
     type = bindings::ElementType::f16;
-  } else if (a.dtype().is(py::dtype::of<std::uint16_t>())) {
+  } else if (native && kind == "u" && a.itemsize() == 2) {
     type = bindings::ElementType::bf16;
   } else {
     mmattn::detail::fail(n + ": dtype " + dtype_str(a) +

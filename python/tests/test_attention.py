@@ -302,6 +302,16 @@ def test_torch_tensors_through_numpy_share_memory():
                                                            attention.scale)) <= FP32_BOUND
 
 
+def test_dtype_by_value_not_by_descriptor():
+    """A float32 dtype that is not numpy's singleton descriptor (here one carrying metadata) is float32."""
+    layout = mmattn.Layout().add_text(6)
+    attention = mmattn.MultimodalAttention(layout, mmattn.Policy.decoder_causal(), num_heads=1, head_dim=4)
+    q = np.random.default_rng(2).standard_normal((6, 1, 4)).astype(np.float32)
+    tagged = q.view(np.dtype(np.float32, metadata={"unit": "none"}))
+    assert tagged.dtype is not np.dtype(np.float32)
+    assert np.array_equal(attention.forward(tagged, tagged, tagged), attention.forward(q, q, q))
+
+
 def test_plan_report_svg_stats():
     layout = mmattn.Layout.images_then_text(2, 8, 8, 40)
     attention = mmattn.MultimodalAttention(layout, mmattn.Policy.structured(), num_heads=4, head_dim=16)

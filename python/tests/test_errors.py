@@ -53,6 +53,8 @@ def test_empty_image():
     (lambda q: q[:, :3], r"q: has 3 heads but num_heads is 4"),
     (lambda q: q[:10], r"q: has 10 tokens but the plan's query range holds 14"),
     (lambda q: q[::-1], "q: negative stride"),
+    (lambda q: q.astype(">f4"), "q: dtype >f4 is not supported"),
+    (lambda q: q.astype(np.int32), "q: dtype int32 is not supported"),
     (lambda q: q.reshape(14, 32), "q: expected a \\[tokens, heads, head_dim\\] array, got 2 dimensions"),
     (lambda q: torch.from_numpy(q), r"q: expected a numpy array .* t.numpy\(\)"),
     (lambda q: q.tolist(), "q: expected a numpy array"),
