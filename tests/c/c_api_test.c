@@ -5,6 +5,7 @@
  * naming the argument, and outputs left untouched. Prints "N passed, M failed". */
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -639,6 +640,28 @@ static void check_batch(int split_kv) {
   mmattn_layout_destroy(b);
 }
 
+/* The last error is per thread: a failure on another thread leaves this thread's message alone. */
+static void* fail_on_a_thread(void* message_out) {
+  mmattn_layout* layout = NULL;
+  if (mmattn_layout_create(&layout) == MMATTN_OK) {
+    (void)mmattn_layout_add_text(layout, -5);
+    strncpy((char*)message_out, mmattn_last_error(), 255);
+    mmattn_layout_destroy(layout);
+  }
+  return NULL;
+}
+
+static void check_thread_local_error(void) {
+  char other[256] = {0};
+  pthread_t thread;
+  CHECK(mmattn_layout_add_image(NULL, 1, 1) == MMATTN_ERROR_INVALID_ARGUMENT, "a NULL layout");
+  CHECK(pthread_create(&thread, NULL, fail_on_a_thread, other) == 0 && pthread_join(thread, NULL) == 0,
+        "pthread_create");
+  CHECK(strstr(other, "a text segment needs at least one token, got -5") != NULL, "the thread's message: '%s'", other);
+  CHECK(strstr(mmattn_last_error(), "mmattn_layout_add_image: layout is NULL") != NULL,
+        "this thread's message after another failed: '%s'", mmattn_last_error());
+}
+
 int main(void) {
   const mmattn_preset presets[] = {MMATTN_PRESET_DECODER_CAUSAL,  MMATTN_PRESET_DENSE,
                                    MMATTN_PRESET_GEMMA3_GLOBAL,   MMATTN_PRESET_GEMMA3_LOCAL,
@@ -655,6 +678,7 @@ int main(void) {
   check_policy_by_regions();
   check_batch(0);
   check_batch(1);
+  check_thread_local_error();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }
