@@ -121,9 +121,11 @@ inline void add_values(const float* p, index_t keys_p, const float* v, float* ac
 // blocks go through registers (a panel is a multiple of 8 wide), the ragged edges one by one.
 inline void pack_keys_transposed(const float* const* k, index_t keys, index_t keys_p, index_t dim, float* kt) {
   const index_t keys8 = keys / 8 * 8, dim8 = dim / 8 * 8;
-  for (index_t j = 0; j < keys8; j += 8)
+  for (index_t j = 0; j < keys8; j += 8) {
+    for (index_t i = j + 8; i < std::min(j + 16, keys); ++i) prefetch_bytes(k[i], dim * index_t{sizeof(float)});
     for (index_t c = 0; c < dim8; c += 8)
       avx2::transpose_8x8(k + j, c, kt + panel_index(keys_p, dim, c, j), panel_width(keys_p, j));
+  }
   for (index_t c = 0; c < dim; ++c) {
     for (index_t j = c < dim8 ? keys8 : 0; j < keys; ++j) kt[panel_index(keys_p, dim, c, j)] = k[j][c];
     for (index_t j = keys; j < keys_p; ++j) kt[panel_index(keys_p, dim, c, j)] = 0.0f;
@@ -136,6 +138,7 @@ inline void pack_values(const float* const* v, index_t keys, index_t dim, index_
     const index_t width = panel_width(dim_p, c), used = std::min(width, dim - c);
     float* panel = vp + c * keys;
     for (index_t j = 0; j < keys; ++j, panel += width) {
+      if (c == 0 && j + 4 < keys) prefetch_bytes(v[j + 4], dim * index_t{sizeof(float)});  // whole rows, once
       std::copy(v[j] + c, v[j] + c + used, panel);
       std::fill(panel + used, panel + width, 0.0f);
     }

@@ -80,8 +80,16 @@ inline void cut_blocks(const Plan& plan, index_t tile, index_t b0, index_t b1, i
   }
 }
 
+// The batch a plan runs in (batched_attention.hpp): every plan's computed pairs together, the sum
+// of their tiles' costs. 0: the plan runs alone.
+struct SplitKvBatch {
+  index_t total_cost = 0;
+};
+
+// In a batch, a tile is split by its share of the batch's cost whatever the batch's item count: a
+// long sequence among short ones would otherwise run alone at the end.
 inline SplitPlan plan_split_kv(const Plan& plan, const AttentionConfig& cfg, int concurrency,
-                               const SplitKvOptions& options) {
+                               const SplitKvOptions& options, SplitKvBatch batch = {}) {
   MMATTN_REQUIRE(options.splits >= 0, "split-KV: splits must be >= 0, got " + std::to_string(options.splits));
   MMATTN_REQUIRE(options.min_keys_per_split > 0, "split-KV: min_keys_per_split must be positive");
   SplitPlan sp;
@@ -92,9 +100,11 @@ inline SplitPlan plan_split_kv(const Plan& plan, const AttentionConfig& cfg, int
   index_t total_cost = 0;
   for (const QueryTile& t : plan.query_tiles) total_cost += t.computed_pairs;
   // Chunks per tile wanted for each head item, so that all items together make kItemsPerWorker
-  // per worker; 0 when the plan already has that many.
+  // per worker; alone, only when the plan has fewer items than that.
   const index_t wanted = kItemsPerWorker * std::max(concurrency, 1);
-  const bool automatic = options.splits == 0 && tiles * items_per_chunk < wanted && total_cost > 0;
+  const bool in_batch = batch.total_cost > 0;
+  if (in_batch) total_cost = batch.total_cost;
+  const bool automatic = options.splits == 0 && (in_batch || tiles * items_per_chunk < wanted) && total_cost > 0;
 
   sp.tile_chunks.assign(static_cast<size_t>(tiles), 1);
   for (index_t t = 0; t < tiles; ++t) {
@@ -135,53 +145,66 @@ inline std::vector<float>& split_kv_scratch() {
   return scratch;
 }
 
-// The plan's attention, split over keys where the plan has too few items for the executor.
-// Same contract as execute_plan.
+// The work items of one split-KV run: every (key chunk, head item) of a plan. An item runs its
+// chunk into the output (an unsplit tile) or into its partial slot, and the last chunk of a tile
+// to finish merges the tile's partials. execute_split_kv runs one plan's items; a batch runs the
+// items of many plans in one parallel_for (batched_attention.hpp). Views are kept by value; plan,
+// cfg and sp must outlive it.
 template <class QView, class KView, class VView, class TO>
-void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                      const TensorView<TO>& out, const LseView& lse, const Executor& executor,
-                      const SplitKvOptions& options = {}) {
-  const SplitPlan sp = plan_split_kv(plan, cfg, executor.concurrency(), options);
-  const index_t nq = plan.num_queries(), heads = cfg.num_heads, dim = cfg.head_dim;
-  const index_t per_chunk = sp.items_per_chunk(cfg), hpi = sp.heads_per_item;
+class SplitKvItems {
+ public:
+  // Floats of scratch a run needs: partial outputs [slot][query][head][dim], then LSEs [slot][query][head].
+  static index_t scratch_floats(const Plan& plan, const AttentionConfig& cfg, const SplitPlan& sp) {
+    return sp.slots > 1 ? sp.slots * plan.num_queries() * cfg.num_heads * (cfg.head_dim + 1) : 0;
+  }
 
-  // Partial outputs [slot][query][head][dim], then partial LSEs [slot][query][head].
-  std::vector<float>& scratch = split_kv_scratch();
-  const index_t o_slot = nq * heads * dim, l_slot = nq * heads;
-  if (sp.slots > 1 && static_cast<index_t>(scratch.size()) < sp.slots * (o_slot + l_slot))
-    scratch.resize(static_cast<size_t>(sp.slots * (o_slot + l_slot)));
-  float* const partial_o = scratch.data();
-  float* const partial_lse = partial_o + sp.slots * o_slot;
+  SplitKvItems(const Plan& plan, const AttentionConfig& cfg, const SplitPlan& sp, const QView& q, const KView& k,
+               const VView& v, const TensorView<TO>& out, const LseView& lse, float* scratch)
+      : plan_(&plan), cfg_(&cfg), sp_(&sp), q_(q), k_(k), v_(v), out_(out), lse_(lse),
+        o_slot_(plan.num_queries() * cfg.num_heads * cfg.head_dim), l_slot_(plan.num_queries() * cfg.num_heads),
+        partial_o_(scratch), partial_lse_(scratch ? scratch + sp.slots * o_slot_ : nullptr),
+        per_chunk_(sp.items_per_chunk(cfg)),
+        pending_(new std::atomic<index_t>[plan.query_tiles.size() * static_cast<size_t>(per_chunk_)]) {
+    // Per (tile, head item): chunks still running; the one that brings it to 0 merges.
+    for (size_t t = 0; t < plan.query_tiles.size(); ++t)
+      for (index_t i = 0; i < per_chunk_; ++i)
+        pending_[t * static_cast<size_t>(per_chunk_) + static_cast<size_t>(i)].store(sp.tile_chunks[t],
+                                                                                     std::memory_order_relaxed);
+  }
 
-  // Per (tile, head item): chunks still running; the one that brings it to 0 merges.
-  const auto tiles = plan.query_tiles.size();
-  std::unique_ptr<std::atomic<index_t>[]> pending(new std::atomic<index_t>[tiles * static_cast<size_t>(per_chunk)]);
-  for (size_t t = 0; t < tiles; ++t)
-    for (index_t i = 0; i < per_chunk; ++i)
-      pending[t * static_cast<size_t>(per_chunk) + static_cast<size_t>(i)].store(sp.tile_chunks[t],
-                                                                                 std::memory_order_relaxed);
+  index_t chunks() const { return static_cast<index_t>(sp_->chunks.size()); }
+  index_t items_per_chunk() const { return per_chunk_; }
+  index_t size() const { return chunks() * per_chunk_; }
+  // One item's cost: query rows x keys x the heads it runs.
+  index_t chunk_item_cost(index_t chunk) const {
+    return sp_->chunks[static_cast<size_t>(chunk)].cost * sp_->heads_per_item;
+  }
 
-  const auto items = static_cast<index_t>(sp.chunks.size()) * per_chunk;
-  executor.parallel_for(items, [&](index_t item) {
-    const KeyChunk& chunk = sp.chunks[static_cast<size_t>(item / per_chunk)];
-    const index_t which = item % per_chunk;  // the query head (attend_tile), 0 (all heads)
+  void operator()(index_t item) const { run(item / per_chunk_, item % per_chunk_); }
+
+  // Chunk `c` for head item `which` (the query head for attend_tile, 0 for all heads).
+  void run(index_t c, index_t which) const {
+    const Plan& plan = *plan_;
+    const AttentionConfig& cfg = *cfg_;
+    const KeyChunk& chunk = sp_->chunks[static_cast<size_t>(c)];
+    const index_t nq = plan.num_queries(), heads = cfg.num_heads, dim = cfg.head_dim, hpi = sp_->heads_per_item;
     const QueryTile& tile = plan.query_tiles[static_cast<size_t>(chunk.tile)];
-    const index_t chunks = sp.tile_chunks[static_cast<size_t>(chunk.tile)];
-    auto run = [&](const auto& o, const LseOut& l) {
+    const index_t chunks = sp_->tile_chunks[static_cast<size_t>(chunk.tile)];
+    auto run_into = [&](const auto& o, const LseOut& l) {
       if (hpi > 1) {
         thread_local DecodeWorkspace ws;
-        attend_tile_all_heads(plan, tile, chunk.block_begin, chunk.block_end, cfg, q, k, v, o, l, ws);
+        attend_tile_all_heads(plan, tile, chunk.block_begin, chunk.block_end, cfg, q_, k_, v_, o, l, ws);
       } else {
         thread_local Workspace ws;
-        attend_tile(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q, k, v, o, l, ws);
+        attend_tile(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q_, k_, v_, o, l, ws);
       }
     };
-    if (chunks == 1) return run(out, lse);
+    if (chunks == 1) return run_into(out_, lse_);
 
-    auto slot_out = [&](index_t s) { return view_thd(partial_o + s * o_slot, nq, heads, dim); };
-    auto slot_lse = [&](index_t s) { return view_lse(partial_lse + s * l_slot, nq, heads); };
-    run(slot_out(chunk.slot), LseOut(slot_lse(chunk.slot), /*partial=*/true));
-    std::atomic<index_t>& left = pending[static_cast<size_t>(chunk.tile * per_chunk + which)];
+    auto slot_out = [&](index_t s) { return view_thd(partial_o_ + s * o_slot_, nq, heads, dim); };
+    auto slot_lse = [&](index_t s) { return view_lse(partial_lse_ + s * l_slot_, nq, heads); };
+    run_into(slot_out(chunk.slot), LseOut(slot_lse(chunk.slot), /*partial=*/true));
+    std::atomic<index_t>& left = pending_[static_cast<size_t>(chunk.tile * per_chunk_ + which)];
     if (left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;  // acquire: the other chunks' partials
 
     thread_local std::vector<float> merge_buf;  // (head_dim) merged row, then (chunks) LSEs
@@ -197,12 +220,42 @@ void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView&
           const float* part = slot_out(s).row(token, head);
           for (index_t d = 0; d < dim; ++d) a[d] += w * part[d];  // no Eigen peeling: same bits at any address
         }, acc);
-        TO* dst = out.row(token, head);
-        for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[d]);
-        if (lse) lse(token, head) = row_lse;
+        TO* dst = out_.row(token, head);
+        for (index_t d = 0; d < dim; ++d) dst[d * out_.dim_stride] = static_cast<TO>(acc[d]);
+        if (lse_) lse_(token, head) = row_lse;
       }
     }
-  });
+  }
+
+ private:
+  const Plan* plan_;
+  const AttentionConfig* cfg_;
+  const SplitPlan* sp_;
+  QView q_;
+  KView k_;
+  VView v_;
+  TensorView<TO> out_;
+  LseView lse_;
+  index_t o_slot_, l_slot_;
+  float* partial_o_;
+  float* partial_lse_;
+  index_t per_chunk_;
+  std::unique_ptr<std::atomic<index_t>[]> pending_;
+};
+
+// The plan's attention, split over keys where the plan has too few items for the executor.
+// Same contract as execute_plan.
+template <class QView, class KView, class VView, class TO>
+void execute_split_kv(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                      const TensorView<TO>& out, const LseView& lse, const Executor& executor,
+                      const SplitKvOptions& options = {}) {
+  const SplitPlan sp = plan_split_kv(plan, cfg, executor.concurrency(), options);
+  using Items = SplitKvItems<QView, KView, VView, TO>;
+  std::vector<float>& scratch = split_kv_scratch();
+  const index_t floats = Items::scratch_floats(plan, cfg, sp);
+  if (static_cast<index_t>(scratch.size()) < floats) scratch.resize(static_cast<size_t>(floats));
+  const Items items(plan, cfg, sp, q, k, v, out, lse, scratch.data());
+  executor.parallel_for(items.size(), [&](index_t item) { items(item); });
 }
 
 }  // namespace kernel

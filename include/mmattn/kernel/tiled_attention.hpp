@@ -95,22 +95,36 @@ inline std::uint64_t next_call_id() {
   return calls.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
-// Every (head, query tile) of a plan, one head at a time so that head's K and V stay in cache
-// across its query tiles, and its packed blocks in the thread's workspace (all heads' K/V outgrow
-// the L3: handing out heads tile-first re-reads them from memory, bench/kernel_global). Within a
-// head the costliest tiles go first, so dynamic scheduling balances FLOPs and the last items
-// handed out are cheap.
+// One work item of execute_plan, query tile `tile` of one head, on the calling thread's workspace;
+// a batch of plans runs these too (batched_attention.hpp). `call` keys the packed-block cache: K
+// and V must be the same views for every item run with one call number.
+template <class QView, class KView, class VView, class TO>
+void run_plan_item(const Plan& plan, index_t tile, index_t head, std::uint64_t call, const AttentionConfig& cfg,
+                   const QView& q, const KView& k, const VView& v, const TensorView<TO>& out, const LseView& lse) {
+  thread_local Workspace ws;
+  ws.packed_blocks.begin(call, cfg.kv_head_of(head));
+  const QueryTile& t = plan.query_tiles[static_cast<size_t>(tile)];
+  attend_tile(plan, t, t.block_begin, t.block_end, head, cfg, q, k, v, out, lse, ws);
+}
+
+// Every (head, query tile) of a plan, costliest tiles first so dynamic scheduling balances FLOPs
+// and the last items handed out are cheap. Where tiles share keys, one head at a time, so that
+// head's K and V stay in cache across its query tiles, and its packed blocks in the thread's
+// workspace (all heads' K/V outgrow the L3: handing out heads tile-first re-reads them from
+// memory, bench/kernel_global). Where they hardly do (windowed vision layers: each key block read
+// by one tile) there is nothing to keep, and a tile's heads in a row read each token's rows of
+// all heads together, whole pages that the hardware prefetchers follow (bench/comparison_table,
+// the Qwen2.5-VL window layer).
 template <class QView, class KView, class VView, class TO>
 void execute_plan(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                   const TensorView<TO>& out, const LseView& lse, const Executor& executor) {
   const auto tiles = static_cast<index_t>(plan.tile_order.size());
+  const index_t heads = cfg.num_heads;
+  const bool tile_major = plan.key_reuse() < 2.0;
   const std::uint64_t call = next_call_id();
-  executor.parallel_for(tiles * cfg.num_heads, [&](index_t item) {
-    thread_local Workspace ws;
-    const index_t head = item / tiles;
-    ws.packed_blocks.begin(call, cfg.kv_head_of(head));
-    const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item % tiles)])];
-    attend_tile(plan, tile, tile.block_begin, tile.block_end, head, cfg, q, k, v, out, lse, ws);
+  executor.parallel_for(tiles * heads, [&](index_t item) {
+    const index_t rank = tile_major ? item / heads : item % tiles, head = tile_major ? item % heads : item / tiles;
+    run_plan_item(plan, plan.tile_order[static_cast<size_t>(rank)], head, call, cfg, q, k, v, out, lse);
   });
 }
 
