@@ -2,7 +2,11 @@
 # Installs what building and testing mmattn needs on Debian 12, only when something is missing:
 # the toolchain, Eigen 3.4, GoogleTest and Google Benchmark. Used by the README's two commands
 # and by .ci/run. Extras by name, any of them: `fuzz` adds clang and its libFuzzer runtime (the fuzz
-# preset), `render` adds rsvg-convert (cmake/render-svgs.sh, CI's check of the SVG pictures).
+# preset), `render` adds rsvg-convert (cmake/render-svgs.sh, CI's check of the SVG pictures),
+# `python` adds pybind11, numpy, pytest and PyTorch (CPU) for the Python module and its tests
+# (python/; torch is large, so only this word installs it), with OpenBLAS, without which Debian's
+# torch and numpy multiply through the reference BLAS, and `mpi` adds Open MPI for the
+# context-parallel layer and its multi-rank tests (tests/mpi/).
 # Runs apt-get as root, or through sudo when there is one.
 set -euo pipefail
 
@@ -11,7 +15,9 @@ for extra in "$@"; do
   case "$extra" in
     fuzz) pkgs+=(clang libclang-rt-14-dev) ;;
     render) pkgs+=(librsvg2-bin) ;;
-    *) echo "install-deps: unknown extra '$extra' (fuzz, render)" >&2; exit 2 ;;
+    python) pkgs+=(python3-dev pybind11-dev python3-numpy python3-pytest python3-torch libopenblas0-pthread) ;;
+    mpi) pkgs+=(libopenmpi-dev openmpi-bin) ;;
+    *) echo "install-deps: unknown extra '$extra' (fuzz, render, python, mpi)" >&2; exit 2 ;;
   esac
 done
 missing=()
