@@ -120,7 +120,7 @@ struct Observed {
 
 // In each item: the size of a team started there, as Eigen's GEMM would start one (it asks for
 // Eigen::nbThreads() threads), and Eigen::nbThreads().
-void observe(const Executor& executor, index_t items, Observed& seen) {
+[[maybe_unused]] void observe(const Executor& executor, index_t items, Observed& seen) {
   executor.parallel_for(items, [&](index_t) {
     int team = 1;
 #if defined(_OPENMP)
