@@ -142,9 +142,8 @@ class BatchedAttention {
   // its query positions in order; k[i], v[i]: sequence i's keys by position, [>= keys_read(i),
   // num_kv_heads, head_dim], TensorView or PagedKVView; lse optional, [total_queries, num_heads].
   // Every (sequence, head, query tile) is one item of one executor call: sequences costliest first,
-  // each sequence's items in execute_plan's order (a head at a time, its tiles costliest first), so
-  // a head's K/V and packed blocks stay in a worker's cache and the last items handed out are the
-  // cheapest sequence's smallest tiles.
+  // each sequence's items in execute_plan's order (kernel::PlanItemOrder), so the last items handed
+  // out are the cheapest sequence's smallest tiles.
   template <class TQ, class KView, class VView, class TO>
   void forward(const TensorView<TQ>& q, const std::vector<index_t>& cu_seqlens, const std::vector<KView>& k,
                const std::vector<VView>& v, const TensorView<TO>& out, const LseView& lse = {}) const {
@@ -152,10 +151,13 @@ class BatchedAttention {
     const index_t n = num_sequences(), heads = config_.num_heads;
     std::vector<index_t> item_end(static_cast<size_t>(n));  // in the cost order
     std::vector<std::uint64_t> calls(static_cast<size_t>(n));
+    std::vector<kernel::PlanItemOrder> orders;
+    orders.reserve(static_cast<size_t>(n));
+    for (index_t s = 0; s < n; ++s) orders.emplace_back(plan(s), heads);
     index_t items = 0;
     for (index_t r = 0; r < n; ++r) {
       const index_t s = order_[static_cast<size_t>(r)];
-      items += static_cast<index_t>(plan(s).tile_order.size()) * heads;
+      items += orders[static_cast<size_t>(s)].size();
       item_end[static_cast<size_t>(r)] = items;
       calls[static_cast<size_t>(s)] = kernel::next_call_id();  // its own K/V: its own packed-block cache
     }
@@ -163,12 +165,11 @@ class BatchedAttention {
       const auto r = static_cast<size_t>(std::upper_bound(item_end.begin(), item_end.end(), item) - item_end.begin());
       const index_t s = order_[r], local = item - (r == 0 ? 0 : item_end[r - 1]);
       const Plan& p = plan(s);
-      const auto tiles = static_cast<index_t>(p.tile_order.size());
+      const kernel::PlanItemOrder& order = orders[static_cast<size_t>(s)];
       const index_t row0 = cu_seqlens[static_cast<size_t>(s)], rows = p.num_queries();
-      kernel::run_plan_item(p, p.tile_order[static_cast<size_t>(local % tiles)], local / tiles,
-                            calls[static_cast<size_t>(s)], config_, detail::token_rows(q, row0, rows),
-                            k[static_cast<size_t>(s)], v[static_cast<size_t>(s)], detail::token_rows(out, row0, rows),
-                            detail::token_rows(lse, row0, rows));
+      kernel::run_plan_item(p, order.tile(local), order.head(local), calls[static_cast<size_t>(s)], config_,
+                            detail::token_rows(q, row0, rows), k[static_cast<size_t>(s)], v[static_cast<size_t>(s)],
+                            detail::token_rows(out, row0, rows), detail::token_rows(lse, row0, rows));
     });
   }
 

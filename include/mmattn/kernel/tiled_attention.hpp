@@ -107,24 +107,39 @@ void run_plan_item(const Plan& plan, index_t tile, index_t head, std::uint64_t c
   attend_tile(plan, t, t.block_begin, t.block_end, head, cfg, q, k, v, out, lse, ws);
 }
 
-// Every (head, query tile) of a plan, costliest tiles first so dynamic scheduling balances FLOPs
-// and the last items handed out are cheap. Where tiles share keys, one head at a time, so that
-// head's K and V stay in cache across its query tiles, and its packed blocks in the thread's
-// workspace (all heads' K/V outgrow the L3: handing out heads tile-first re-reads them from
-// memory, bench/kernel_global). Where they hardly do (windowed vision layers: each key block read
-// by one tile) there is nothing to keep, and a tile's heads in a row read each token's rows of
-// all heads together, whole pages that the hardware prefetchers follow (bench/comparison_table,
-// the Qwen2.5-VL window layer).
+// Which (query tile, head) a plan's item number runs, for items [0, tiles x heads): costliest tiles
+// first, so dynamic scheduling balances FLOPs and the last items handed out are cheap. Where tiles
+// share keys, one head at a time, so that head's K and V stay in cache across its query tiles, and
+// its packed blocks in the thread's workspace (all heads' K/V outgrow the L3: handing out heads
+// tile-first re-reads them from memory, bench/kernel_global). Where they hardly do (windowed vision
+// layers: each key block read by one tile) there is nothing to keep, and a tile's heads in a row
+// read each token's rows of all heads together, whole pages that the hardware prefetchers follow
+// (bench/comparison_table, the Qwen2.5-VL window layer).
+class PlanItemOrder {
+ public:
+  PlanItemOrder(const Plan& plan, index_t heads)
+      : plan_(&plan), tiles_(static_cast<index_t>(plan.tile_order.size())), heads_(heads),
+        tile_major_(plan.key_reuse() < 2.0) {}
+  index_t size() const { return tiles_ * heads_; }
+  index_t tile(index_t item) const {
+    return plan_->tile_order[static_cast<size_t>(tile_major_ ? item / heads_ : item % tiles_)];
+  }
+  index_t head(index_t item) const { return tile_major_ ? item % heads_ : item / tiles_; }
+
+ private:
+  const Plan* plan_;
+  index_t tiles_, heads_;
+  bool tile_major_;
+};
+
+// Every (query tile, head) of a plan, in PlanItemOrder.
 template <class QView, class KView, class VView, class TO>
 void execute_plan(const Plan& plan, const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                   const TensorView<TO>& out, const LseView& lse, const Executor& executor) {
-  const auto tiles = static_cast<index_t>(plan.tile_order.size());
-  const index_t heads = cfg.num_heads;
-  const bool tile_major = plan.key_reuse() < 2.0;
+  const PlanItemOrder order(plan, cfg.num_heads);
   const std::uint64_t call = next_call_id();
-  executor.parallel_for(tiles * heads, [&](index_t item) {
-    const index_t rank = tile_major ? item / heads : item % tiles, head = tile_major ? item % heads : item / tiles;
-    run_plan_item(plan, plan.tile_order[static_cast<size_t>(rank)], head, call, cfg, q, k, v, out, lse);
+  executor.parallel_for(order.size(), [&](index_t item) {
+    run_plan_item(plan, order.tile(item), order.head(item), call, cfg, q, k, v, out, lse);
   });
 }
 
