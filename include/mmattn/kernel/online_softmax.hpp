@@ -69,7 +69,7 @@ float online_softmax_step(Row&& s, float& row_max, float& row_sum, bool masked, 
 // allowed key (sum 0) gets 0 and -inf, so its output is zeros; a NaN sum stays NaN in both.
 inline float normaliser(float row_sum) { return row_sum == 0 ? 0.0f : 1.0f / row_sum; }
 // In units of `unit` (the true value / unit; see ScoreScale::partial_unit).
-inline float row_log_sum_exp(float row_max, float row_sum, float factor, float unit = 1.0f) {
+inline float row_log_sum_exp(float row_max, float row_sum, float factor, float unit) {
   if (row_sum == 0) return kNegInf;
   return unit == 1.0f ? factor * row_max + std::log(row_sum) : factor / unit * row_max + std::log(row_sum) / unit;
 }
@@ -78,15 +78,13 @@ inline float row_log_sum_exp(float row_max, float row_sum, float factor, float u
 // split-KV's partials (ScoreScale::partial_unit). Converts from an LseView for every other caller.
 struct LseOut {
   LseOut(const LseView& v, bool partial = false) : view(v), partial_(partial) {}  // NOLINT: implicit
-  explicit operator bool() const { return static_cast<bool>(view); }
-  float unit(const ScoreScale& scaling) const { return partial_ ? scaling.partial_unit() : 1.0f; }
   void write(index_t token, index_t head, float row_max, float row_sum, const ScoreScale& scaling) const {
-    if (view) view(token, head) = row_log_sum_exp(row_max, row_sum, scaling.exp_factor, unit(scaling));
+    const float unit = partial_ ? scaling.partial_unit() : 1.0f;
+    if (view) view(token, head) = row_log_sum_exp(row_max, row_sum, scaling.exp_factor, unit);
   }
 
-  LseView view;
-
  private:
+  LseView view;
   bool partial_;
 };
 
@@ -111,12 +109,11 @@ class OnlineSoftmax {
   }
   RowMap& accumulator() { return acc_; }  // (rows, dim), unnormalised
 
-  // Writes row i's normalised output through out(i, c) and its log-sum-exp in `unit`; a row that
-  // saw no allowed key gets zeros and -inf, a row that saw a NaN gets NaN for both.
+  // Hands row i's normalised output to write_row(i, o_row, row_max, row_sum), whose log-sum-exp
+  // LseOut::write gives; a row that saw no allowed key gets zeros, a row that saw a NaN NaN.
   template <class WriteRow>
-  void finalize(float unit, WriteRow&& write_row) const {
-    for (index_t i = 0; i < acc_.rows(); ++i)
-      write_row(i, acc_.row(i) * normaliser(sum_[i]), row_log_sum_exp(max_[i], sum_[i], factor_, unit));
+  void finalize(WriteRow&& write_row) const {
+    for (index_t i = 0; i < acc_.rows(); ++i) write_row(i, acc_.row(i) * normaliser(sum_[i]), max_[i], sum_[i]);
   }
 
  private:

@@ -59,11 +59,11 @@ void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_be
     }
   }
 
-  softmax.finalize(lse.unit(scaling), [&](index_t i, const auto& o_row, float row_lse) {
+  softmax.finalize([&](index_t i, const auto& o_row, float row_max, float row_sum) {
     const index_t token = tile.queries.at(i) - plan.query_begin;
     TO* dst = out.row(token, head);
     for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o_row[d]);
-    if (lse) lse.view(token, head) = row_lse;
+    lse.write(token, head, row_max, row_sum, scaling);
   });
 }
 
