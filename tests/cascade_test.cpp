@@ -61,7 +61,10 @@ void append_segment(SequenceLayout& layout, const Segment& g, index_t extra_text
   else layout.add_text(g.length + extra_text);
 }
 
-CascadeCase random_cascade(std::uint32_t seed, bool decode) {
+// `config`: the heads, head_dim and scale to use (random where null); `sequences`: how many share
+// the prefix (1..6 where 0); `q_storage`: how Q sits in memory.
+CascadeCase random_cascade(std::uint32_t seed, bool decode, const AttentionConfig* config = nullptr,
+                           index_t sequences = 0, Storage q_storage = Storage::contiguous) {
   std::mt19937 gen(seed);
   CascadeCase c;
   c.seed = seed;
@@ -70,6 +73,7 @@ CascadeCase random_cascade(std::uint32_t seed, bool decode) {
   const index_t dims[] = {1, 3, 8, 16, 17, 32, 64};
   c.cfg = make_config(h[0], h[1], dims[cases::uniform(gen, 0, 6)]);
   if (gen() % 4 == 0) c.cfg.scale = 0.1f + 0.5f * std::uniform_real_distribution<float>()(gen);
+  if (config != nullptr) c.cfg = *config;
 
   const SequenceLayout prefix = cases::random_layout(gen, cases::kAttentionLimits);
   c.prefix = prefix.size();
@@ -83,7 +87,7 @@ CascadeCase random_cascade(std::uint32_t seed, bool decode) {
   }
   if (gen() % 4 == 0) policy.with_sinks(cases::uniform(gen, 1, 5));
 
-  const index_t n = cases::uniform(gen, 1, 6);
+  const index_t n = sequences > 0 ? sequences : cases::uniform(gen, 1, 6);
   const bool continue_text = prefix.segments().back().is_text() && gen() % 2;
   for (index_t i = 0; i < n; ++i) {
     SequenceLayout layout;
@@ -119,7 +123,7 @@ CascadeCase random_cascade(std::uint32_t seed, bool decode) {
     });
     c.k.push_back(k), c.v.push_back(v), c.k_nan.push_back(kn), c.v_nan.push_back(vn);
   }
-  c.q = random_tensor(c.cu.back(), c.cfg.num_heads, c.cfg.head_dim, seed + 3);
+  c.q = random_tensor(c.cu.back(), c.cfg.num_heads, c.cfg.head_dim, seed + 3, q_storage);
   return c;
 }
 
@@ -140,7 +144,8 @@ bool same_values(const TensorView<const float>& a, const TensorView<const float>
   return same;
 }
 
-void check_against_reference_and_batch(const CascadeCase& c, const Tensor& out, const Lse& lse, bool decode) {
+void check_against_reference_and_batch(const CascadeCase& c, const Tensor& out, const Lse& lse, bool decode,
+                                       double tolerance = 1e-5) {
   // The batch without the cascade, over the whole caches.
   const BatchedAttention plain(c.cfg, c.sequences);
   Tensor plain_out(c.cu.back(), c.cfg.num_heads, c.cfg.head_dim);
@@ -149,15 +154,15 @@ void check_against_reference_and_batch(const CascadeCase& c, const Tensor& out, 
     plain.forward_split_kv(c.q.cview(), c.cu, views(c.k), views(c.v), plain_out.view, plain_lse.view);
   else
     plain.forward(c.q.cview(), c.cu, views(c.k), views(c.v), plain_out.view, plain_lse.view);
-  EXPECT_LE(max_relative_error(out, plain_out), 1e-5);
-  EXPECT_LE(max_lse_error(lse, plain_lse), 1e-5);
+  EXPECT_LE(max_relative_error(out, plain_out), tolerance);
+  EXPECT_LE(max_lse_error(lse, plain_lse), tolerance);
   for (size_t s = 0; s < c.sequences.size(); ++s) {
     const BatchSequence& b = c.sequences[s];
     const index_t r0 = c.cu[s], r1 = c.cu[s + 1];
     const Result ref = run_reference(c.cfg, rows_of(c.q.cview(), r0, r1), c.k[s].cview(), c.v[s].cview(),
                                      MaskPredicate{&b.layout, &b.policy}, b.query_begin);
-    EXPECT_LE(max_relative_error(rows_of(out.cview(), r0, r1), ref.out.cview()), 1e-5) << "sequence " << s;
-    EXPECT_LE(max_lse_error(detail::token_rows(lse.view, r0, r1 - r0), ref.lse.view), 1e-5) << "sequence " << s;
+    EXPECT_LE(max_relative_error(rows_of(out.cview(), r0, r1), ref.out.cview()), tolerance) << "sequence " << s;
+    EXPECT_LE(max_lse_error(detail::token_rows(lse.view, r0, r1 - r0), ref.lse.view), tolerance) << "sequence " << s;
   }
 }
 
@@ -197,6 +202,38 @@ TEST(Cascade, DecodeOverPagedSuffixesEqualsReferenceAndPlainBatch) {
     cascade.forward(c.q.cview(), c.cu, c.prefix_k.cview(), c.prefix_v.cview(), k, v, out.view, lse.view);
     check_against_reference_and_batch(c, out, lse, /*decode=*/true);
   }
+}
+
+// The prefix product stacks each GQA group's heads as rows (query, head): groups of 1 (MHA), 3 and
+// 5 heads, small tiles so that a query's group is cut between two tiles, 1 and many sequences (few
+// items: split over keys then merged in a pass; many: each item merges its own rows), Q with gaps
+// between tokens, and scales above 1, where the scale multiplies inside the exponent.
+TEST(Cascade, StackedGroupsAnyTilingAndScale) {
+  const index_t groups[][3] = {{3, 3, 17}, {6, 2, 8}, {5, 1, 16}, {8, 2, 32}};  // heads, kv heads, head_dim
+  const float scales[] = {0.0f, 3.0f, 12.0f};  // 0: the default 1 / sqrt(head_dim)
+  PlanOptions small;
+  small.tiles.query = 8, small.tiles.key = 16;
+  int i = 0;
+  for (const auto& g : groups)
+    for (const index_t sequences : {index_t{1}, index_t{23}})
+      for (const bool decode : {true, false}) {
+        AttentionConfig cfg = make_config(g[0], g[1], g[2]);
+        const float scale = scales[i % 3];
+        if (scale > 0) cfg.scale = scale;
+        const Storage q_storage = i % 2 ? Storage::padded_tokens : Storage::contiguous;
+        const CascadeCase c = random_cascade(5000u + static_cast<std::uint32_t>(i), decode, &cfg, sequences, q_storage);
+        SCOPED_TRACE(c.describe() + (scale > 0 ? ", scale " + std::to_string(scale) : ""));
+        const Executor executor = i % 2 ? Executor::openmp(2) : Executor::serial();
+        const CascadeAttention cascade(c.cfg, c.prefix, c.sequences, i % 4 < 2 ? small : PlanOptions{}, executor);
+        Tensor out(c.cu.back(), c.cfg.num_heads, c.cfg.head_dim);
+        Lse lse(c.cu.back(), c.cfg.num_heads);
+        cascade.forward(c.q.cview(), c.cu, c.prefix_k.cview(), c.prefix_v.cview(), views(c.k_nan), views(c.v_nan),
+                        out.view, lse.view);
+        // A large scale makes the softmax peaked and the log-sum-exps large: fp32 rounds both parts'
+        // log-sum-exps, and each path differently.
+        check_against_reference_and_batch(c, out, lse, decode, scale > 4 ? 1e-4 : 1e-5);
+        ++i;
+      }
 }
 
 // bf16 out: the parts stay fp32 until the merge, so out is the fp32 result rounded once.

@@ -4,9 +4,15 @@
 // as one multi-query product of all their queries stacked (the packed [total_queries, heads,
 // head_dim] Q of a batch) against the prefix K/V, then each to its own suffix (a batch over
 // per-sequence plans whose keys start at the prefix's end), and the two parts merge exactly
-// through their log-sum-exp (merge.hpp). Each prefix K/V row is read once for every query of the
-// batch instead of once per sequence: decode over a long shared prefix stops being bound by
-// re-reading it (bench/batched, BM_CascadeDecode).
+// through their log-sum-exp (kernel/merge_row.hpp). Each prefix K/V row is read once for every
+// query of the batch instead of once per sequence: decode over a long shared prefix stops being
+// bound by re-reading it (bench/batched, BM_CascadeDecode).
+//
+// The prefix product stacks a GQA group: the query heads sharing a KV head are one tall matrix of
+// rows (query, head of the group), run as one head of an MHA product against that KV head. Each
+// prefix K/V block is then packed and streamed once per KV head instead of once per query head,
+// and decode's few queries fill G times taller tiles, which the micro-kernels' register blocking
+// wastes less of (bench/batched, BM_CascadeDecode with 8 sequences).
 //
 // Exact only where every query row sees the prefix through the same mask. Supported: every query
 // of every sequence sees every prefix key (a text query after the prefix under decoder_causal,
@@ -17,6 +23,7 @@
 // query windowed inside a shared image, queries inside the prefix).
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <string>
@@ -28,7 +35,7 @@
 #include "mmattn/executor.hpp"
 #include "mmattn/kernel/split_kv.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
-#include "mmattn/merge.hpp"
+#include "mmattn/kernel/merge_row.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/planner.hpp"
 
@@ -89,7 +96,8 @@ inline std::shared_ptr<const Plan> suffix_plan(const Plan& whole, index_t prefix
   return std::make_shared<const Plan>(builder.finish());
 }
 
-// Stacked queries [0, queries) against keys [0, prefix), every pair allowed: full blocks only.
+// Rows [0, queries) (stacked GroupRows) against keys [0, prefix), every pair allowed: full blocks
+// only.
 inline Plan prefix_plan(index_t queries, index_t prefix, TileSizes tiles) {
   SequenceLayout keys;
   keys.add_text(prefix);
@@ -101,6 +109,20 @@ inline Plan prefix_plan(index_t queries, index_t prefix, TileSizes tiles) {
     builder.add_query_tile_with(TokenRect::span(q0, std::min(tiles.query, queries - q0)), 0, blocks);
   return builder.finish();
 }
+
+// Packed Q [tokens, heads, head_dim] seen as the stacked rows of the prefix product: head g of the
+// view is KV head g's group, its row p query token p / G of query head g * G + p % G. Only row()
+// is read (kernel/tile_loads.hpp, load_rows), so any strides of q work.
+template <class T>
+struct GroupRows {
+  TensorView<const T> q;
+  index_t group = 1;  // G, query heads per KV head
+  index_t head_dim = 0, dim_stride = 1;
+
+  GroupRows(const TensorView<const T>& queries, index_t g)
+      : q(queries), group(g), head_dim(queries.head_dim), dim_stride(queries.dim_stride) {}
+  const T* row(index_t p, index_t g) const { return q.row(p / group, g * group + p % group); }
+};
 
 }  // namespace detail
 
@@ -116,12 +138,16 @@ class CascadeAttention {
         executor_(std::move(executor)),
         prefix_tokens_(prefix_tokens),
         suffix_(config_, suffix_plans(prefix_tokens, sequences, options, cache), executor_),
-        prefix_plan_(detail::prefix_plan(suffix_.total_queries(), prefix_tokens, options.tiles)) {}
+        group_(config_.num_heads / config_.num_kv_heads),
+        group_config_{config_.num_kv_heads, config_.num_kv_heads, config_.head_dim, config_.resolved_scale()},
+        prefix_plan_(detail::prefix_plan(suffix_.total_queries() * group_, prefix_tokens, options.tiles)) {}
 
   index_t prefix_tokens() const { return prefix_tokens_; }
   index_t num_sequences() const { return suffix_.num_sequences(); }
   const std::vector<index_t>& query_offsets() const { return suffix_.query_offsets(); }
   index_t total_queries() const { return suffix_.total_queries(); }
+  // The prefix product's plan: rows are total_queries() x G stacked (query, head of the group),
+  // each run once per KV head (detail::GroupRows).
   const Plan& prefix_plan() const { return prefix_plan_; }
   const BatchedAttention& suffixes() const { return suffix_; }
 
@@ -144,15 +170,18 @@ class CascadeAttention {
     MMATTN_REQUIRE(q.tokens == total, "cascade: q has " + std::to_string(q.tokens) + " tokens but the sequences' " +
                                           "query ranges hold " + std::to_string(total));
     // The suffix parts go to scratch, so the suffix call checks the rest without writing `out`.
+    // Scratch: the prefix part [kv_heads, total x G, head_dim] (stacked rows) with its LSE
+    // [kv_heads, total x G], then the suffix part [total, heads, head_dim] and LSE [total, heads].
     std::vector<float>& scratch = cascade_scratch();
     const index_t l_floats = detail::checked_mul(total, heads, "cascade: scratch");
     const index_t o_floats = detail::checked_mul(l_floats, dim, "cascade: scratch");
     const index_t floats = detail::checked_mul(2, detail::checked_add(o_floats, l_floats, "cascade: scratch"),
                                                "cascade: scratch");
     if (static_cast<index_t>(scratch.size()) < floats) scratch.resize(static_cast<size_t>(floats));
-    const TensorView<float> prefix_o = view_thd(scratch.data(), total, heads, dim);
+    const index_t rows = total * group_, kv_heads = config_.num_kv_heads;  // stacked rows per KV head
+    const TensorView<float> prefix_o{scratch.data(), rows, kv_heads, dim, dim, rows * dim, 1};
+    const LseView prefix_l{scratch.data() + 2 * o_floats, rows, kv_heads, 1, rows};
     const TensorView<float> suffix_o = view_thd(scratch.data() + o_floats, total, heads, dim);
-    const LseView prefix_l = view_lse(scratch.data() + 2 * o_floats, total, heads);
     const LseView suffix_l = view_lse(scratch.data() + 2 * o_floats + l_floats, total, heads);
 
     // Few rows per KV head (decode): the decode kernel, all heads per item, split over keys.
@@ -163,23 +192,47 @@ class CascadeAttention {
     else
       suffix_.forward(q, cu_seqlens, k, v, suffix_o, suffix_l);
 
-    // The prefix product: many rows, so items of whole heads (with the packed-block cache) unless
-    // too few of them keep the workers busy.
-    const auto tiles = static_cast<index_t>(prefix_plan_.query_tiles.size());
-    if (tiles * heads >= kernel::kItemsPerWorker * executor_.concurrency())
-      kernel::execute_plan(prefix_plan_, config_, q, prefix_k, prefix_v, prefix_o, prefix_l, executor_);
-    else
-      kernel::execute_split_kv(prefix_plan_, config_, q, prefix_k, prefix_v, prefix_o, prefix_l, executor_);
+    // out(t, h) and lse(t, h): the merge of the prefix part (stacked row t x G + h % G of KV head
+    // h / G) and the suffix part, prefix first, each row as merge() merges it.
+    auto merge_row_into_out = [&](index_t t, index_t h) {
+      thread_local std::vector<float> acc;
+      if (static_cast<index_t>(acc.size()) < dim) acc.resize(static_cast<size_t>(dim));
+      const index_t row = t * group_ + h % group_, kv_head = h / group_;
+      const float part_lse[] = {prefix_l(row, kv_head), suffix_l(t, h)};
+      const float* const part[] = {prefix_o.row(row, kv_head), suffix_o.row(t, h)};
+      const float row_lse = kernel::merge_row(2, part_lse, /*unit=*/1.0f, dim, [&](index_t i, float w, float* a) {
+        for (index_t d = 0; d < dim; ++d) a[d] += w * part[i][d];  // no Eigen peeling: same bits at any address
+      }, acc.data());
+      TO* dst = out.row(t, h);
+      for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[static_cast<size_t>(d)]);
+      if (lse) lse(t, h) = row_lse;
+    };
 
-    // Merge row ranges in parallel; each is merge() on its rows.
-    const index_t pieces = std::min<index_t>(total, kernel::kItemsPerWorker * executor_.concurrency());
-    executor_.parallel_for(pieces, [&](index_t p) {
-      const index_t r0 = p * total / pieces, r1 = (p + 1) * total / pieces;
-      const PartialAttention<float> parts[] = {
-          {detail::token_rows(TensorView<const float>(prefix_o), r0, r1 - r0), detail::token_rows(prefix_l, r0, r1 - r0)},
-          {detail::token_rows(TensorView<const float>(suffix_o), r0, r1 - r0), detail::token_rows(suffix_l, r0, r1 - r0)}};
-      merge(parts, detail::token_rows(out, r0, r1 - r0), detail::token_rows(lse, r0, r1 - r0));
-    });
+    // The prefix product, one head per KV head, in items of whole tiles (with the packed-block
+    // cache) as execute_plan runs them; each item then merges the rows it computed while they are
+    // in cache. Too few items to keep the workers busy: split over keys, then merge in a pass.
+    const detail::GroupRows<TQ> stacked(q, group_);
+    const kernel::PlanItemOrder order(prefix_plan_, kv_heads);
+    if (order.size() >= kernel::kItemsPerWorker * executor_.concurrency()) {
+      const std::uint64_t call = kernel::next_call_id();
+      executor_.parallel_for(order.size(), [&](index_t item) {
+        const index_t tile = order.tile(item), kv_head = order.head(item);
+        kernel::run_plan_item(prefix_plan_, tile, kv_head, call, group_config_, stacked, prefix_k, prefix_v, prefix_o,
+                              prefix_l);
+        const TokenRect& rows_of_tile = prefix_plan_.query_tiles[static_cast<size_t>(tile)].queries;
+        for (index_t i = 0; i < rows_of_tile.size(); ++i) {
+          const index_t row = rows_of_tile.at(i);
+          merge_row_into_out(row / group_, kv_head * group_ + row % group_);
+        }
+      });
+    } else {
+      kernel::execute_split_kv(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, prefix_o, prefix_l, executor_);
+      const index_t pieces = std::min<index_t>(total, kernel::kItemsPerWorker * executor_.concurrency());
+      executor_.parallel_for(pieces, [&](index_t p) {
+        for (index_t t = p * total / pieces; t < (p + 1) * total / pieces; ++t)
+          for (index_t h = 0; h < heads; ++h) merge_row_into_out(t, h);
+      });
+    }
   }
 
  private:
@@ -213,6 +266,8 @@ class CascadeAttention {
   Executor executor_;
   index_t prefix_tokens_;
   BatchedAttention suffix_;
+  index_t group_;                 // query heads per KV head
+  AttentionConfig group_config_;  // the prefix product's: one head per KV head, config_'s scale
   Plan prefix_plan_;
 };
 
