@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "mmattn/kernel/block_mask.hpp"
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/plan_stats.hpp"
 #include "mmattn/planner.hpp"
@@ -778,6 +779,7 @@ TEST(MaskRulesPairMask, CountClassifyRunsAndKeySearchesMatchTheDefinition) {
   Failures failures;
   std::vector<KeyRun> runs;
   std::vector<char> seen;
+  kernel::BlockRuns block_runs;
   for (int fi = 0; fi < kFamilies; ++fi) {
     const auto f = static_cast<Family>(fi);
     for (int i = 0; i < kPairMaskCases; ++i) {
@@ -855,6 +857,35 @@ TEST(MaskRulesPairMask, CountClassifyRunsAndKeySearchesMatchTheDefinition) {
                 if ((seen[size_t(b)] != 0) != m.ok(q, kr.at(b)))
                   failures.add("runs, " + fam, pair_text(q, kr.at(b)) + " in keys " + rect_text(kr) + ": runs say " +
                                                    std::to_string(int(seen[size_t(b)])) + ", " + where);
+            }
+            // The kernels' view of the same block: all rows' runs at once, the span of a group of
+            // rows, and each row masked between its runs.
+            block_runs.compute(qr, kr, mask);
+            for (int g = 0; g < 3; ++g) {
+              const index_t r0 = draw(gen, 0, qr.size()), r1 = draw(gen, r0, qr.size() + 2);
+              index_t lo = kr.size(), hi = 0;
+              for (index_t a = r0; a < std::min(r1, qr.size()); ++a)
+                for (index_t b = 0; b < kr.size(); ++b)
+                  if (m.ok(qr.at(a), kr.at(b))) lo = std::min(lo, b), hi = std::max(hi, b + 1);
+              const KeyRun span = block_runs.span(r0, r1);
+              const bool none = lo >= hi;
+              if (none ? span.begin < span.end : span.begin != lo || span.end != hi)
+                failures.add("BlockRuns::span, " + fam,
+                             "rows [" + std::to_string(r0) + ", " + std::to_string(r1) + ") of queries " + rect_text(qr) +
+                                 " keys " + rect_text(kr) + ": [" + std::to_string(span.begin) + ", " +
+                                 std::to_string(span.end) + "), definition " +
+                                 (none ? "none" : "[" + std::to_string(lo) + ", " + std::to_string(hi) + ")") + ", " +
+                                 where);
+            }
+            std::vector<float> row(static_cast<size_t>(kr.size()));
+            for (index_t a = 0; a < qr.size(); ++a) {
+              std::fill(row.begin(), row.end(), 1.0f);
+              block_runs.mask_row(a, row.data(), kr.size());
+              for (index_t b = 0; b < kr.size(); ++b)
+                if ((row[size_t(b)] == 1.0f) != m.ok(qr.at(a), kr.at(b)))
+                  failures.add("BlockRuns::mask_row, " + fam, pair_text(qr.at(a), kr.at(b)) + " in keys " +
+                                                                  rect_text(kr) + ": " + std::to_string(row[size_t(b)]) +
+                                                                  ", " + where);
             }
           }
         }

@@ -11,7 +11,9 @@
 // K^T and V are packed once per block and thread for a whole execute_plan call where the
 // workspace's budget allows (PackedBlocks), not once per query tile. Both products are one
 // register-blocked micro-kernel, gemm_tile: kRows rows x NV vectors of accumulators stay in
-// registers across the whole depth, so C is touched once per tile.
+// registers across the whole depth, so C is touched once per tile. In a partial block each group
+// of kRows rows multiplies and exponentiates only the span of keys its rows see (BlockRuns), so
+// the keys outside a window's band or past a causal diagonal cost nothing.
 
 #ifndef MMATTN_SIMD_ATTENTION_INL_TARGET
 #error "include mmattn/kernel/simd_avx2.hpp or mmattn/kernel/simd_avx512.hpp, not this file"
@@ -84,65 +86,110 @@ inline index_t panel_index(index_t n_p, index_t depth, index_t p, index_t j) {
   return start * depth + p * panel_width(n_p, j) + (j - start);
 }
 
-// C (rows_p, width) = or += A (rows_p, depth) B, B one panel (depth, width = `vectors` vectors).
+// C (rows_p, width) = or += A (rows_p, depth) B, B one panel's columns (depth, width = `vectors`
+// vectors) with its rows ldb apart.
 template <bool kAccumulate, int NV = Vec::kPanel>
-inline void panel_product(int vectors, const float* a, index_t a_row, const float* b, float* c, index_t ldc,
-                          index_t rows_p, index_t depth) {
+inline void panel_product(int vectors, const float* a, index_t a_row, const float* b, index_t ldb, float* c,
+                          index_t ldc, index_t rows_p, index_t depth) {
   if constexpr (NV > 1) {
-    if (vectors < NV) return panel_product<kAccumulate, NV - 1>(vectors, a, a_row, b, c, ldc, rows_p, depth);
+    if (vectors < NV) return panel_product<kAccumulate, NV - 1>(vectors, a, a_row, b, ldb, c, ldc, rows_p, depth);
   }
   for (index_t i = 0; i < rows_p; i += Vec::kRows)
-    gemm_tile<NV, kAccumulate>(a + i * a_row, a_row, b, NV * kWidth, c + i * ldc, ldc, depth);
+    gemm_tile<NV, kAccumulate>(a + i * a_row, a_row, b, ldb, c + i * ldc, ldc, depth);
 }
 
-// C (rows_p, n_p) = or += A (rows_p, depth) B (depth, n_p), B panel-major. rows_p is a multiple
-// of kRows, n_p of kWidth.
-template <bool kAccumulate>
-inline void product(const float* a, index_t a_row, const float* b, float* c, index_t ldc, index_t rows_p, index_t n_p,
-                    index_t depth) {
-  for (index_t j = 0; j < n_p; j += kPanelWidth)
-    panel_product<kAccumulate>(static_cast<int>(panel_width(n_p, j) / kWidth), a, a_row, b + j * depth, c + j, ldc,
-                               rows_p, depth);
-}
+// The keys (block columns) a group of kRows tile rows works on: all of a full block's, the span
+// of the rows' allowed runs in a partial block (BlockRuns::span), so that keys no row of the group
+// sees are neither multiplied nor exponentiated. Scores go by whole vectors: `vectors_of`.
+inline bool empty(const KeyRun& span) { return span.begin >= span.end; }
+inline KeyRun vectors_of(const KeyRun& span) { return {span.begin / kWidth * kWidth, round_up(span.end, kWidth)}; }
 
-// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed panel-major (dim, keys_p).
-inline void scores_product(const float* q, const float* kt, float* s, index_t rows_p, index_t keys_p, index_t dim) {
-  product</*kAccumulate=*/false>(q, dim, kt, s, keys_p, rows_p, keys_p, dim);
+// S (rows_p, keys_p) = Q (rows_p, dim) K^T, with K^T packed panel-major (dim, keys_p); row group g
+// only over vectors_of(spans[g]), the rest of its rows left unwritten.
+inline void scores_product(const float* q, const float* kt, float* s, index_t rows_p, index_t keys_p, index_t dim,
+                           const KeyRun* spans) {
+  for (index_t j = 0; j < keys_p; j += kPanelWidth) {
+    const index_t width = panel_width(keys_p, j);
+    for (index_t i = 0; i < rows_p; i += Vec::kRows) {
+      const KeyRun span = spans[i / Vec::kRows];
+      if (empty(span)) continue;
+      const KeyRun cols = vectors_of(span);
+      const index_t c0 = std::max(j, cols.begin), c1 = std::min(j + width, cols.end);
+      if (c0 < c1)
+        panel_product<false>(static_cast<int>((c1 - c0) / kWidth), q + i * dim, dim, kt + j * dim + (c0 - j), width,
+                             s + i * keys_p + c0, keys_p, Vec::kRows, dim);
+    }
+  }
 }
 
 // acc (rows_p, dim_p) += P (rows_p, keys) V (keys, dim_p), with P's rows keys_p apart and V packed
-// panel-major.
+// panel-major; row group g only over the keys spans[g].
 inline void add_values(const float* p, index_t keys_p, const float* v, float* acc, index_t rows_p, index_t keys,
-                       index_t dim_p) {
-  product</*kAccumulate=*/true>(p, keys_p, v, acc, dim_p, rows_p, dim_p, keys);
-}
-
-// kt = K^T (dim, keys_p) panel-major, zero beyond `keys`; K's row j starts at k[j]. Whole 8 x 8
-// blocks go through registers (a panel is a multiple of 8 wide), the ragged edges one by one.
-inline void pack_keys_transposed(const float* const* k, index_t keys, index_t keys_p, index_t dim, float* kt) {
-  const index_t keys8 = keys / 8 * 8, dim8 = dim / 8 * 8;
-  for (index_t j = 0; j < keys8; j += 8) {
-    for (index_t i = j + 8; i < std::min(j + 16, keys); ++i) prefetch_bytes(k[i], dim * index_t{sizeof(float)});
-    for (index_t c = 0; c < dim8; c += 8)
-      avx2::transpose_8x8(k + j, c, kt + panel_index(keys_p, dim, c, j), panel_width(keys_p, j));
-  }
-  for (index_t c = 0; c < dim; ++c) {
-    for (index_t j = c < dim8 ? keys8 : 0; j < keys; ++j) kt[panel_index(keys_p, dim, c, j)] = k[j][c];
-    for (index_t j = keys; j < keys_p; ++j) kt[panel_index(keys_p, dim, c, j)] = 0.0f;
-  }
-}
-
-// vp = V (keys, dim_p) panel-major, zero in the padding columns; V's row j starts at v[j].
-inline void pack_values(const float* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
+                       index_t dim_p, const KeyRun* spans) {
   for (index_t c = 0; c < dim_p; c += kPanelWidth) {
-    const index_t width = panel_width(dim_p, c), used = std::min(width, dim - c);
-    float* panel = vp + c * keys;
-    for (index_t j = 0; j < keys; ++j, panel += width) {
-      if (c == 0 && j + 4 < keys) prefetch_bytes(v[j + 4], dim * index_t{sizeof(float)});  // whole rows, once
-      std::copy(v[j] + c, v[j] + c + used, panel);
-      std::fill(panel + used, panel + width, 0.0f);
+    const index_t width = panel_width(dim_p, c);
+    for (index_t i = 0; i < rows_p; i += Vec::kRows) {
+      const KeyRun span = spans[i / Vec::kRows];
+      if (empty(span)) continue;
+      panel_product<true>(static_cast<int>(width / kWidth), p + i * keys_p + span.begin, keys_p,
+                          v + c * keys + span.begin * width, width, acc + i * dim_p + c, dim_p, Vec::kRows,
+                          span.end - span.begin);
     }
   }
+}
+
+// dst (8, 8) with row stride ld_dst = the transpose of the 8 x 8 block whose row i is src[i] + col.
+// AVX2 instructions, which the AVX-512 target includes; compiled in each target so that it inlines.
+inline void transpose_8x8(const float* const* src, index_t col, float* dst, index_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i] + col);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));  // a0 b0 c0 d0 | a4 b4 c4 d4
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// kt = K^T (dim, keys_p) panel-major; K's row j starts at k[j] for every j < keys_p, the rows past
+// the block's keys at zeros, so the padding columns need no pass of their own. Groups of 8 keys
+// go through registers 8 x 8 at a time (a panel is a multiple of 8 wide), a ragged dim one by one.
+inline void pack_keys_transposed(const float* const* k, index_t keys_p, index_t dim, float* kt) {
+  const index_t dim8 = dim / 8 * 8;
+  for (index_t j = 0; j < keys_p; j += 8) {
+    for (index_t i = j + 8; i < std::min(j + 16, keys_p); ++i) prefetch_bytes(k[i], dim * index_t{sizeof(float)});
+    const index_t width = panel_width(keys_p, j);
+    float* const dst = kt + panel_index(keys_p, dim, 0, j);  // row c of these 8 columns: dst + c * width
+    for (index_t c = 0; c < dim8; c += 8) transpose_8x8(k + j, c, dst + c * width, width);
+    for (index_t c = dim8; c < dim; ++c)
+      for (index_t i = 0; i < 8; ++i) dst[c * width + i] = k[j + i][c];
+  }
+}
+
+// vp = V (keys, dim_p) panel-major, zero in the padding columns; V's row j starts at v[j]. Returns
+// whether every value is finite (x - x is 0 for finite x, NaN for inf and NaN).
+inline bool pack_values(const float* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
+  V check = Vec::zero();
+  for (index_t j = 0; j < keys; ++j) {
+    if (j + 4 < keys) prefetch_bytes(v[j + 4], dim * index_t{sizeof(float)});
+    const float* const row = v[j];
+    for (index_t c = 0; c < dim_p; c += kWidth) {
+      float* const dst = vp + c / kPanelWidth * kPanelWidth * keys + j * panel_width(dim_p, c) + c % kPanelWidth;
+      const index_t n = std::min<index_t>(kWidth, dim - c);
+      const V x = n == kWidth ? Vec::load(row + c) : Vec::load_tail(row + c, static_cast<int>(n));
+      Vec::store(dst, x);
+      check = Vec::add(check, Vec::sub(x, x));
+    }
+  }
+  return Vec::reduce_add(check) == 0.0f;
 }
 
 // A block's K^T (dim, keys_p) and V (keys, dim_p), from the thread's cache or packed now: into the
@@ -157,9 +204,11 @@ PackedBlocks::Block pack_block(const KView& k, const VView& v, index_t kv_head, 
   PackedBlocks::Block scratch{ws.packed.data(), ws.v.data(), true};
   PackedBlocks::Block* block = ws.packed_blocks.add(keys_rect, dim * keys_p, keys * dim_p);
   if (block == nullptr) block = &scratch;
-  pack_keys_transposed(key_row_pointers(k, kv_head, keys_rect, ws.k.data(), ws.key_rows), keys, keys_p, dim, block->kt);
-  pack_values(key_row_pointers(v, kv_head, keys_rect, ws.k.data(), ws.key_rows), keys, dim, dim_p, block->v);
-  block->values_finite = std::isfinite(Eigen::Map<const Eigen::ArrayXf>(block->v, keys * dim_p).sum());
+  key_row_pointers(k, kv_head, keys_rect, ws.k.data(), ws.key_rows);
+  ws.key_rows.resize(static_cast<size_t>(keys_p), ws.zero_row(dim));
+  pack_keys_transposed(ws.key_rows.data(), keys_p, dim, block->kt);
+  block->values_finite =
+      pack_values(key_row_pointers(v, kv_head, keys_rect, ws.k.data(), ws.key_rows), keys, dim, dim_p, block->v);
   return *block;
 }
 
@@ -194,6 +243,20 @@ inline void scale_row(float* row, index_t n, float alpha) {
   for (index_t c = 0; c < n; c += kWidth) Vec::store(row + c, Vec::mul(a, Vec::load(row + c)));
 }
 
+// A tile's output row o (dim_p floats) times inv, into dst (elements `stride` apart). Contiguous
+// float rows are copied whole: an element loop stalls on every store to the row's cache lines.
+template <class TO>
+inline void store_output_row(float* o, index_t dim, index_t dim_p, float inv, TO* dst, index_t stride) {
+  if constexpr (std::is_same_v<TO, float>) {
+    if (stride == 1) {
+      scale_row(o, dim_p, inv);  // the padding columns beyond dim are scratch
+      std::copy(o, o + dim, dst);
+      return;
+    }
+  }
+  for (index_t d = 0; d < dim; ++d) dst[d * stride] = static_cast<TO>(o[d] * inv);
+}
+
 // The micro-kernel twin of kernel::attend_tile (same contract); the caller has checked the ISA.
 template <class QView, class KView, class VView, class TO>
 void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
@@ -218,21 +281,30 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
     const index_t keys = block.keys.size(), keys_p = round_up(keys, kWidth);
     const PackedBlocks::Block packed = pack_block(k, v, kv_head, block.keys, dim, ws);
-    float* const s = ws.scores.data();  // (rows_p, keys_p)
-    scores_product(q_tile, packed.kt, s, rows_p, keys_p, dim);
-    for (index_t i = 0; i < rows_p; ++i) std::fill(s + i * keys_p + keys, s + (i + 1) * keys_p, kNegInf);
-    if (!block.full) {
-      StridedRowMap scores(s, rows, keys, Eigen::OuterStride<>(keys_p));  // (rows, keys) of (rows_p, keys_p)
-      apply_block_mask(scores, tile.queries, block.keys, plan.mask(tile, block), ws.runs);
+    KeyRun* const spans = ws.group_spans(rows_p / Vec::kRows);
+    if (block.full) {
+      std::fill(spans, spans + rows_p / Vec::kRows, KeyRun{0, keys});
+    } else {
+      ws.block_runs.compute(tile.queries, block.keys, plan.mask(tile, block));
+      for (index_t i = 0; i < rows_p; i += Vec::kRows) spans[i / Vec::kRows] = ws.block_runs.span(i, i + Vec::kRows);
     }
+    float* const s = ws.scores.data();  // (rows_p, keys_p)
+    scores_product(q_tile, packed.kt, s, rows_p, keys_p, dim, spans);
     for (index_t i = 0; i < rows_p; ++i) {
-      const float alpha = softmax_row(s + i * keys_p, keys_p, row_max[i], row_sum[i], scaling.exp_factor);
+      const KeyRun span = spans[i / Vec::kRows];
+      if (empty(span)) continue;  // no allowed key: the row's state stays as it is
+      const KeyRun cols = vectors_of(span);
+      float* const row = s + i * keys_p;
+      if (cols.end > keys) std::fill(row + keys, row + cols.end, kNegInf);  // padding keys
+      if (!block.full && i < rows) ws.block_runs.mask_row(i, row, keys);
+      const float alpha =
+          softmax_row(row + cols.begin, cols.end - cols.begin, row_max[i], row_sum[i], scaling.exp_factor);
       if (alpha != 1.0f) scale_row(acc + i * dim_p, dim_p, alpha);
     }
     // As in tiled_attention.hpp: a partial block whose values are not all finite multiplies a
     // copy with those rows zeroed, then adds each such row alone to the rows that see it.
     if (block.full || packed.values_finite) {
-      add_values(s, keys_p, packed.v, acc, rows_p, keys, dim_p);
+      add_values(s, keys_p, packed.v, acc, rows_p, keys, dim_p, spans);
     } else {
       const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
       const NonFiniteRows bad = take_nonfinite_rows(v_block, ws.v.data());             // ws.v may hold v_block
@@ -240,7 +312,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
       ws.key_rows.resize(static_cast<size_t>(keys));
       for (index_t j = 0; j < keys; ++j) ws.key_rows[static_cast<size_t>(j)] = ws.v.data() + j * dim;
       pack_values(ws.key_rows.data(), keys, dim, dim_p, clean);
-      add_values(s, keys_p, clean, acc, rows_p, keys, dim_p);
+      add_values(s, keys_p, clean, acc, rows_p, keys, dim_p, spans);
       add_nonfinite_rows(bad, s, keys_p, acc, dim_p, tile.queries, block.keys, plan.mask(tile, block));
     }
   }
@@ -248,14 +320,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
   for (index_t i = 0; i < rows; ++i) {
     const float inv = normaliser(row_sum[i]);
     const index_t token = tile.queries.at(i) - plan.query_begin;
-    TO* dst = out.row(token, head);
-    float* const o = acc + i * dim_p;
-    if (std::is_same_v<TO, float> && out.dim_stride == 1) {
-      scale_row(o, dim_p, inv);  // the padding columns beyond dim are scratch
-      for (index_t d = 0; d < dim; ++d) dst[d] = static_cast<TO>(o[d]);
-    } else {
-      for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(o[d] * inv);
-    }
+    store_output_row(acc + i * dim_p, dim, dim_p, inv, out.row(token, head), out.dim_stride);
     lse.write(token, head, row_max[i], row_sum[i], scaling);
   }
 }

@@ -32,8 +32,11 @@ namespace mmattn::kernel::avx512 {
 struct Vec {
   using V = __m512;
   static constexpr int kWidth = 16;
-  // 32 registers: kRows x kPanel = 24 accumulators + 4 loads + 1 broadcast.
-  static constexpr int kRows = 6, kPanel = 4;
+  // 32 registers: kRows x kPanel = 24 accumulators + 3 loads + 1 broadcast. 8 rows rather than 6
+  // x 4: a group of rows is then one row of a window tile's 8-wide patches, whose keys are a
+  // narrower band of the tile's key block (BlockRuns::span), and a K^T panel of 48 keys leaves L1
+  // room besides (bench/isa_paths).
+  static constexpr int kRows = 8, kPanel = 3;
 
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }

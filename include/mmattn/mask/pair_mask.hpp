@@ -108,9 +108,10 @@ class PairMask {
   // block is keys.at(i)), in increasing order.
   void runs(index_t q, const TokenRect& keys, std::vector<KeyRun>& out) const {
     if (rule_->custom()) {
+      const size_t first = out.size();  // runs already in `out` belong to someone else
       for (index_t j = 0; j < keys.size(); ++j)
         if (allowed(q, keys.at(j))) {
-          if (!out.empty() && out.back().end == j) ++out.back().end;
+          if (out.size() > first && out.back().end == j) ++out.back().end;
           else out.push_back({j, j + 1});
         }
       return;
