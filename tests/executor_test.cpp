@@ -193,5 +193,53 @@ TEST(Executor, ExceptionsUnwindTheItemScope) {
 #endif
 }
 
+
+// Every (tile, head) once; tiles that share a key block with another tile first, head by head;
+// tiles whose blocks are their own after them, all heads of one in a row; each part in the plan's
+// cost order. Whether a tile shares is worked out here pair by pair.
+TEST(PlanItemOrder, SharedTilesGoHeadByHeadAndOwnBlockTilesHeadsInARow) {
+  SequenceLayout mixed;
+  mixed.add_image(16, 16).add_text(100).add_image(9, 13).add_text(60);
+  SequenceLayout vision;
+  vision.add_image(36, 52);
+  const std::pair<SequenceLayout, RegionPolicy> cases[] = {
+      {mixed, RegionPolicy::structured(Window2D::sliding(7, 7))},
+      {mixed, RegionPolicy::decoder_causal()},
+      {vision, RegionPolicy::qwen25vl_window(8)},
+      {vision, RegionPolicy::dense()}};
+  int saw_shared = 0, saw_own = 0;
+  for (const auto& [layout, policy] : cases) {
+    const Plan plan = make_plan(layout, policy);
+    const index_t heads = 3, tiles = static_cast<index_t>(plan.query_tiles.size());
+    auto shares = [&](index_t t) {
+      const QueryTile& a = plan.query_tiles[static_cast<size_t>(t)];
+      for (index_t u = 0; u < tiles; ++u) {
+        if (u == t) continue;
+        const QueryTile& b = plan.query_tiles[static_cast<size_t>(u)];
+        for (index_t i = a.block_begin; i < a.block_end; ++i)
+          for (index_t j = b.block_begin; j < b.block_end; ++j)
+            if (plan.blocks[static_cast<size_t>(i)].keys == plan.blocks[static_cast<size_t>(j)].keys) return true;
+      }
+      return false;
+    };
+    std::vector<index_t> shared, own;
+    for (const index_t t : plan.tile_order) (shares(t) ? shared : own).push_back(t);
+    saw_shared += !shared.empty(), saw_own += !own.empty();
+    std::vector<index_t> want_tile, want_head;
+    for (index_t h = 0; h < heads; ++h)
+      for (const index_t t : shared) want_tile.push_back(t), want_head.push_back(h);
+    for (const index_t t : own)
+      for (index_t h = 0; h < heads; ++h) want_tile.push_back(t), want_head.push_back(h);
+    const kernel::PlanItemOrder order(plan, heads);
+    ASSERT_EQ(order.size(), tiles * heads);
+    for (index_t i = 0; i < order.size(); ++i) {
+      EXPECT_EQ(order.tile(i), want_tile[static_cast<size_t>(i)]) << "item " << i;
+      EXPECT_EQ(order.head(i), want_head[static_cast<size_t>(i)]) << "item " << i;
+    }
+  }
+  EXPECT_GT(saw_shared, 0);
+  EXPECT_GT(saw_own, 0);
+}
+
 }  // namespace
 }  // namespace mmattn::test

@@ -46,12 +46,6 @@ struct Plan {
     for (const QueryTile& t : query_tiles) n = std::max(n, t.queries.size());
     return n;
   }
-  // How many query tiles read a key, on average (kernel::execute_plan's item order).
-  double key_reuse() const {
-    index_t read = 0;
-    for (const KeyBlock& b : blocks) read += b.keys.size();
-    return key_tokens > 0 ? static_cast<double>(read) / static_cast<double>(key_tokens) : 0.0;
-  }
   // The mask of a partial block: its tile's segment against its key segment.
   PairMask mask(const QueryTile& tile, const KeyBlock& block) const {
     MMATTN_REQUIRE(policy, "plan: a partial block in a plan without rules (blocks a caller chose must be full)");

@@ -4,6 +4,7 @@
 // (pair_mask.hpp); everything between the runs becomes -inf, range by range, not key by key.
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "mmattn/kernel/online_softmax.hpp"
@@ -39,12 +40,22 @@ void apply_block_mask(Scores& scores, const TokenRect& queries, const TokenRect&
 class BlockRuns {
  public:
   void compute(const TokenRect& queries, const TokenRect& keys, const PairMask& mask) {
+    call_ = 0;
     runs_.clear();
     row_end_.clear();
     for (index_t i = 0; i < queries.size(); ++i) {
       mask.runs(queries.at(i), keys, runs_);
       row_end_.push_back(static_cast<index_t>(runs_.size()));
     }
+  }
+
+  // compute() for block `block` of the plan an execute_plan call numbered `call` runs, unless the
+  // runs hold it already: the heads of a tile share them. Call 0 (no number) always computes.
+  void compute_once(std::uint64_t call, index_t block, const TokenRect& queries, const TokenRect& keys,
+                    const PairMask& mask) {
+    if (call != 0 && call == call_ && block == block_) return;
+    compute(queries, keys, mask);
+    call_ = call, block_ = block;
   }
 
   // Block columns [begin, end) holding every key rows [r0, r1) see; begin == end when none.
@@ -70,6 +81,8 @@ class BlockRuns {
  private:
   index_t row_begin(index_t i) const { return i == 0 ? 0 : row_end_[static_cast<size_t>(i - 1)]; }
 
+  std::uint64_t call_ = 0;
+  index_t block_ = -1;
   std::vector<KeyRun> runs_;     // every row's runs, row after row
   std::vector<index_t> row_end_;  // where row i's runs end in runs_
 };

@@ -6,6 +6,8 @@
 // simd_avx2.hpp) or, as the portable path, on Eigen products (attend_tile_eigen).
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 
@@ -108,28 +110,46 @@ void run_plan_item(const Plan& plan, index_t tile, index_t head, std::uint64_t c
 }
 
 // Which (query tile, head) a plan's item number runs, for items [0, tiles x heads): costliest tiles
-// first, so dynamic scheduling balances FLOPs and the last items handed out are cheap. Where tiles
-// share keys, one head at a time, so that head's K and V stay in cache across its query tiles, and
-// its packed blocks in the thread's workspace (all heads' K/V outgrow the L3: handing out heads
-// tile-first re-reads them from memory, bench/kernel_global). Where they hardly do (windowed vision
-// layers: each key block read by one tile) there is nothing to keep, and a tile's heads in a row
-// read each token's rows of all heads together, whole pages that the hardware prefetchers follow
-// (bench/comparison_table, the Qwen2.5-VL window layer).
+// first, so dynamic scheduling balances FLOPs and the last items handed out are cheap. Tiles that
+// share key blocks with other tiles go one head at a time, so that a head's K and V stay in cache
+// across its query tiles, and its packed blocks in the thread's workspace (all heads' K/V outgrow
+// the L3: handing out heads tile-first re-reads them from memory, bench/kernel_global). A tile
+// whose blocks no other tile reads (a window's own keys) has nothing to keep: its heads go in a
+// row, reading each token's rows of all heads together, whole pages that the hardware prefetchers
+// follow, and sharing the tile's mask runs (BlockRuns). Shared tiles are handed out first.
 class PlanItemOrder {
  public:
-  PlanItemOrder(const Plan& plan, index_t heads)
-      : plan_(&plan), tiles_(static_cast<index_t>(plan.tile_order.size())), heads_(heads),
-        tile_major_(plan.key_reuse() < 2.0) {}
-  index_t size() const { return tiles_ * heads_; }
-  index_t tile(index_t item) const {
-    return plan_->tile_order[static_cast<size_t>(tile_major_ ? item / heads_ : item % tiles_)];
+  PlanItemOrder(const Plan& plan, index_t heads) : heads_(heads) {
+    std::vector<std::array<index_t, 4>> rects;
+    rects.reserve(plan.blocks.size());
+    for (const KeyBlock& b : plan.blocks) rects.push_back(key_of(b.keys));
+    std::sort(rects.begin(), rects.end());
+    auto shared = [&](const QueryTile& t) {
+      for (index_t b = t.block_begin; b < t.block_end; ++b) {
+        const auto range = std::equal_range(rects.begin(), rects.end(), key_of(plan.blocks[static_cast<size_t>(b)].keys));
+        if (range.second - range.first > 1) return true;
+      }
+      return false;
+    };
+    for (const index_t t : plan.tile_order)
+      (shared(plan.query_tiles[static_cast<size_t>(t)]) ? shared_ : private_).push_back(t);
   }
-  index_t head(index_t item) const { return tile_major_ ? item % heads_ : item / tiles_; }
+  index_t size() const { return static_cast<index_t>(shared_.size() + private_.size()) * heads_; }
+  index_t tile(index_t item) const {
+    const auto n = static_cast<index_t>(shared_.size());
+    return item < n * heads_ ? shared_[static_cast<size_t>(item % n)]
+                             : private_[static_cast<size_t>((item - n * heads_) / heads_)];
+  }
+  index_t head(index_t item) const {
+    const auto n = static_cast<index_t>(shared_.size());
+    return item < n * heads_ ? item / n : (item - n * heads_) % heads_;
+  }
 
  private:
-  const Plan* plan_;
-  index_t tiles_, heads_;
-  bool tile_major_;
+  static std::array<index_t, 4> key_of(const TokenRect& r) { return {r.start, r.pitch, r.rows, r.cols}; }
+
+  index_t heads_;
+  std::vector<index_t> shared_, private_;  // tiles in the plan's cost order
 };
 
 // Every (query tile, head) of a plan, in PlanItemOrder.

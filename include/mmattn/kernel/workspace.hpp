@@ -41,6 +41,8 @@ class PackedBlocks {
     call_ = call, kv_head_ = kv_head;
   }
 
+  std::uint64_t call() const { return call_; }
+
   Block* find(const TokenRect& keys) {
     for (Entry& e : entries_)
       if (e.keys == keys) return &e.block;
