@@ -179,7 +179,7 @@ inline void pack_keys_transposed(const float* const* k, index_t keys_p, index_t 
 inline bool pack_values(const float* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
   V check = Vec::zero();
   for (index_t j = 0; j < keys; ++j) {
-    if (j + 4 < keys) prefetch_bytes(v[j + 4], dim * index_t{sizeof(float)});
+    if (j + 8 < keys) prefetch_bytes(v[j + 8], dim * index_t{sizeof(float)});
     const float* const row = v[j];
     for (index_t c = 0; c < dim_p; c += kWidth) {
       float* const dst = vp + c / kPanelWidth * kPanelWidth * keys + j * panel_width(dim_p, c) + c % kPanelWidth;
