@@ -9,7 +9,7 @@
 // bound by re-reading it (bench/batched, BM_CascadeDecode).
 //
 // The prefix product stacks a GQA group: the query heads sharing a KV head are one tall matrix of
-// rows (query, head of the group), run as one head of an MHA product against that KV head. Each
+// rows (head of the group, query), run as one head of an MHA product against that KV head. Each
 // prefix K/V block is then packed and streamed once per KV head instead of once per query head,
 // and decode's few queries fill G times taller tiles, which the micro-kernels' register blocking
 // wastes less of (bench/batched, BM_CascadeDecode with 8 sequences).
@@ -23,7 +23,6 @@
 // query windowed inside a shared image, queries inside the prefix).
 
 #include <algorithm>
-#include <cstdint>
 #include <limits>
 #include <memory>
 #include <string>
@@ -111,8 +110,9 @@ inline Plan prefix_plan(index_t queries, index_t prefix, TileSizes tiles) {
 }
 
 // Packed Q [tokens, heads, head_dim] seen as the stacked rows of the prefix product: head g of the
-// view is KV head g's group, its row p query token p / G of query head g * G + p % G. Only row()
-// is read (kernel/tile_loads.hpp, load_rows), so any strides of q work.
+// view is KV head g's group, its row p query token p % tokens of query head g * G + p / tokens,
+// i.e. the group's heads one after the other. Only row() is read (kernel/tile_loads.hpp,
+// load_rows), so any strides of q work.
 template <class T>
 struct GroupRows {
   TensorView<const T> q;
@@ -121,7 +121,7 @@ struct GroupRows {
 
   GroupRows(const TensorView<const T>& queries, index_t g)
       : q(queries), group(g), head_dim(queries.head_dim), dim_stride(queries.dim_stride) {}
-  const T* row(index_t p, index_t g) const { return q.row(p / group, g * group + p % group); }
+  const T* row(index_t p, index_t g) const { return q.row(p % q.tokens, g * group + p / q.tokens); }
 };
 
 }  // namespace detail
@@ -146,8 +146,8 @@ class CascadeAttention {
   index_t num_sequences() const { return suffix_.num_sequences(); }
   const std::vector<index_t>& query_offsets() const { return suffix_.query_offsets(); }
   index_t total_queries() const { return suffix_.total_queries(); }
-  // The prefix product's plan: rows are total_queries() x G stacked (query, head of the group),
-  // each run once per KV head (detail::GroupRows).
+  // The prefix product's plan: total_queries() x G rows, a GQA group's heads one after the other,
+  // run once per KV head (detail::GroupRows).
   const Plan& prefix_plan() const { return prefix_plan_; }
   const BatchedAttention& suffixes() const { return suffix_; }
 
@@ -170,69 +170,62 @@ class CascadeAttention {
     MMATTN_REQUIRE(q.tokens == total, "cascade: q has " + std::to_string(q.tokens) + " tokens but the sequences' " +
                                           "query ranges hold " + std::to_string(total));
     // The suffix parts go to scratch, so the suffix call checks the rest without writing `out`.
-    // Scratch: the prefix part [kv_heads, total x G, head_dim] (stacked rows) with its LSE
-    // [kv_heads, total x G], then the suffix part [total, heads, head_dim] and LSE [total, heads].
+    // Both parts are [heads, total, head_dim] with LSEs [heads, total]: the prefix product's
+    // stacked rows of KV head g are then heads g x G .. g x G + G - 1 in a row, and the merge reads
+    // both parts in memory order.
     std::vector<float>& scratch = cascade_scratch();
     const index_t l_floats = detail::checked_mul(total, heads, "cascade: scratch");
     const index_t o_floats = detail::checked_mul(l_floats, dim, "cascade: scratch");
     const index_t floats = detail::checked_mul(2, detail::checked_add(o_floats, l_floats, "cascade: scratch"),
                                                "cascade: scratch");
     if (static_cast<index_t>(scratch.size()) < floats) scratch.resize(static_cast<size_t>(floats));
-    const index_t rows = total * group_, kv_heads = config_.num_kv_heads;  // stacked rows per KV head
-    const TensorView<float> prefix_o{scratch.data(), rows, kv_heads, dim, dim, rows * dim, 1};
-    const LseView prefix_l{scratch.data() + 2 * o_floats, rows, kv_heads, 1, rows};
-    const TensorView<float> suffix_o = view_thd(scratch.data() + o_floats, total, heads, dim);
-    const LseView suffix_l = view_lse(scratch.data() + 2 * o_floats + l_floats, total, heads);
+    float* const prefix_o = scratch.data();
+    float* const suffix_o = prefix_o + o_floats;
+    float* const prefix_l = suffix_o + o_floats;
+    float* const suffix_l = prefix_l + l_floats;
 
     // Few rows per KV head (decode): the decode kernel, all heads per item, split over keys.
     bool decode = true;
     for (index_t s = 0; s < num_sequences(); ++s) decode = decode && kernel::use_decode_kernel(suffix_.plan(s), config_);
+    const TensorView<float> suffix_out = view_htd(suffix_o, total, heads, dim);
+    const LseView suffix_lse{suffix_l, total, heads, 1, total};
     if (decode)
-      suffix_.forward_split_kv(q, cu_seqlens, k, v, suffix_o, suffix_l);
+      suffix_.forward_split_kv(q, cu_seqlens, k, v, suffix_out, suffix_lse);
     else
-      suffix_.forward(q, cu_seqlens, k, v, suffix_o, suffix_l);
+      suffix_.forward(q, cu_seqlens, k, v, suffix_out, suffix_lse);
 
-    // out(t, h) and lse(t, h): the merge of the prefix part (stacked row t x G + h % G of KV head
-    // h / G) and the suffix part, prefix first, each row as merge() merges it.
-    auto merge_row_into_out = [&](index_t t, index_t h) {
+    // The prefix product, one head per KV head (rows total x G): items of whole tiles (with the
+    // packed-block cache) unless too few of them keep the workers busy.
+    const index_t kv_heads = config_.num_kv_heads, rows = total * group_;
+    const detail::GroupRows<TQ> stacked(q, group_);
+    const TensorView<float> prefix_out{prefix_o, rows, kv_heads, dim, dim, rows * dim, 1};
+    const LseView prefix_lse{prefix_l, rows, kv_heads, 1, rows};
+    const auto tiles = static_cast<index_t>(prefix_plan_.query_tiles.size());
+    if (tiles * kv_heads >= kernel::kItemsPerWorker * executor_.concurrency())
+      kernel::execute_plan(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, prefix_out, prefix_lse, executor_);
+    else
+      kernel::execute_split_kv(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, prefix_out, prefix_lse,
+                               executor_);
+
+    // Rows r = head x total + token in ranges, in parallel; each row as merge() merges it, prefix
+    // part first.
+    const index_t all_rows = total * heads;
+    const index_t pieces = std::min<index_t>(all_rows, kernel::kItemsPerWorker * executor_.concurrency());
+    executor_.parallel_for(pieces, [&](index_t p) {
       thread_local std::vector<float> acc;
       if (static_cast<index_t>(acc.size()) < dim) acc.resize(static_cast<size_t>(dim));
-      const index_t row = t * group_ + h % group_, kv_head = h / group_;
-      const float part_lse[] = {prefix_l(row, kv_head), suffix_l(t, h)};
-      const float* const part[] = {prefix_o.row(row, kv_head), suffix_o.row(t, h)};
-      const float row_lse = kernel::merge_row(2, part_lse, /*unit=*/1.0f, dim, [&](index_t i, float w, float* a) {
-        for (index_t d = 0; d < dim; ++d) a[d] += w * part[i][d];  // no Eigen peeling: same bits at any address
-      }, acc.data());
-      TO* dst = out.row(t, h);
-      for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[static_cast<size_t>(d)]);
-      if (lse) lse(t, h) = row_lse;
-    };
-
-    // The prefix product, one head per KV head, in items of whole tiles (with the packed-block
-    // cache) as execute_plan runs them; each item then merges the rows it computed while they are
-    // in cache. Too few items to keep the workers busy: split over keys, then merge in a pass.
-    const detail::GroupRows<TQ> stacked(q, group_);
-    const kernel::PlanItemOrder order(prefix_plan_, kv_heads);
-    if (order.size() >= kernel::kItemsPerWorker * executor_.concurrency()) {
-      const std::uint64_t call = kernel::next_call_id();
-      executor_.parallel_for(order.size(), [&](index_t item) {
-        const index_t tile = order.tile(item), kv_head = order.head(item);
-        kernel::run_plan_item(prefix_plan_, tile, kv_head, call, group_config_, stacked, prefix_k, prefix_v, prefix_o,
-                              prefix_l);
-        const TokenRect& rows_of_tile = prefix_plan_.query_tiles[static_cast<size_t>(tile)].queries;
-        for (index_t i = 0; i < rows_of_tile.size(); ++i) {
-          const index_t row = rows_of_tile.at(i);
-          merge_row_into_out(row / group_, kv_head * group_ + row % group_);
-        }
-      });
-    } else {
-      kernel::execute_split_kv(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, prefix_o, prefix_l, executor_);
-      const index_t pieces = std::min<index_t>(total, kernel::kItemsPerWorker * executor_.concurrency());
-      executor_.parallel_for(pieces, [&](index_t p) {
-        for (index_t t = p * total / pieces; t < (p + 1) * total / pieces; ++t)
-          for (index_t h = 0; h < heads; ++h) merge_row_into_out(t, h);
-      });
-    }
+      for (index_t r = p * all_rows / pieces; r < (p + 1) * all_rows / pieces; ++r) {
+        const float part_lse[] = {prefix_l[r], suffix_l[r]};
+        const float* const part[] = {prefix_o + r * dim, suffix_o + r * dim};
+        const float row_lse = kernel::merge_row(2, part_lse, /*unit=*/1.0f, dim, [&](index_t i, float w, float* a) {
+          for (index_t d = 0; d < dim; ++d) a[d] += w * part[i][d];  // no Eigen peeling: same bits at any address
+        }, acc.data());
+        const index_t t = r % total, h = r / total;
+        TO* dst = out.row(t, h);
+        for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[static_cast<size_t>(d)]);
+        if (lse) lse(t, h) = row_lse;
+      }
+    });
   }
 
  private:
