@@ -205,9 +205,9 @@ TEST(Cascade, DecodeOverPagedSuffixesEqualsReferenceAndPlainBatch) {
 }
 
 // The prefix product stacks each GQA group's heads as rows of one KV head: groups of 1 (MHA), 3, 4
-// and 5 heads, small tiles so that a tile holds rows of two heads, 1 and many sequences (few items:
-// split over keys; many: whole tiles), Q with gaps between tokens, and scales above 1, where the
-// scale multiplies inside the exponent.
+// and 5 heads, small tiles (one or two tokens' groups), 1 and many sequences (few items: split over
+// keys; many: whole tiles), Q with gaps between tokens, and scales above 1, where the scale
+// multiplies inside the exponent.
 TEST(Cascade, StackedGroupsAnyTilingAndScale) {
   const index_t groups[][3] = {{3, 3, 17}, {6, 2, 8}, {5, 1, 16}, {8, 2, 32}};  // heads, kv heads, head_dim
   const float scales[] = {0.0f, 3.0f, 12.0f};  // 0: the default 1 / sqrt(head_dim)

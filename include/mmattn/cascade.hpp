@@ -4,15 +4,15 @@
 // as one multi-query product of all their queries stacked (the packed [total_queries, heads,
 // head_dim] Q of a batch) against the prefix K/V, then each to its own suffix (a batch over
 // per-sequence plans whose keys start at the prefix's end), and the two parts merge exactly
-// through their log-sum-exp (kernel/merge_row.hpp). Each prefix K/V row is read once for every
+// through their log-sum-exp (merge.hpp). Each prefix K/V row is read once for every
 // query of the batch instead of once per sequence: decode over a long shared prefix stops being
 // bound by re-reading it (bench/batched, BM_CascadeDecode).
 //
 // The prefix product stacks a GQA group: the query heads sharing a KV head are one tall matrix of
-// rows (head of the group, query), run as one head of an MHA product against that KV head. Each
-// prefix K/V block is then packed and streamed once per KV head instead of once per query head,
-// and decode's few queries fill G times taller tiles, which the micro-kernels' register blocking
-// wastes less of (bench/batched, BM_CascadeDecode with 8 sequences).
+// rows (query, head of the group), run as one head of an MHA product against that KV head. Each
+// prefix K/V block is then packed once per KV head, not by every thread that runs one of its
+// query heads, and decode's few queries make G times taller tiles, whose per-block costs (packing,
+// rescaling) more rows share (bench/batched, BM_CascadeDecode).
 //
 // Exact only where every query row sees the prefix through the same mask. Supported: every query
 // of every sequence sees every prefix key (a text query after the prefix under decoder_causal,
@@ -34,7 +34,7 @@
 #include "mmattn/executor.hpp"
 #include "mmattn/kernel/split_kv.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
-#include "mmattn/kernel/merge_row.hpp"
+#include "mmattn/merge.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/planner.hpp"
 
@@ -95,24 +95,26 @@ inline std::shared_ptr<const Plan> suffix_plan(const Plan& whole, index_t prefix
   return std::make_shared<const Plan>(builder.finish());
 }
 
-// Rows [0, queries) (stacked GroupRows) against keys [0, prefix), every pair allowed: full blocks
-// only.
-inline Plan prefix_plan(index_t queries, index_t prefix, TileSizes tiles) {
+// The prefix product's rows (GroupRows) against keys [0, prefix), every pair allowed: full blocks
+// only. Row t x heads + i is query token t of the group's i-th head (i < group), so a query tile
+// is whole tokens' groups: rows of `group` positions, `heads` apart.
+inline Plan prefix_plan(index_t tokens, index_t heads, index_t group, index_t prefix, TileSizes tiles) {
   SequenceLayout keys;
   keys.add_text(prefix);
-  PlanBuilder builder(keys, nullptr, tiles, 0, queries, prefix);
+  PlanBuilder builder(keys, nullptr, tiles, 0, tokens * heads, prefix);
   std::vector<KeyBlock> blocks;
   for (index_t k0 = 0; k0 < prefix; k0 += tiles.key)
     blocks.push_back({TokenRect::span(k0, std::min(tiles.key, prefix - k0)), /*full=*/true, 0});
-  for (index_t q0 = 0; q0 < queries; q0 += tiles.query)
-    builder.add_query_tile_with(TokenRect::span(q0, std::min(tiles.query, queries - q0)), 0, blocks);
+  const index_t per_tile = std::max<index_t>(1, tiles.query / group);  // tokens
+  for (index_t t0 = 0; t0 < tokens; t0 += per_tile)
+    builder.add_query_tile_with({t0 * heads, heads, std::min(per_tile, tokens - t0), group}, 0, blocks);
   return builder.finish();
 }
 
-// Packed Q [tokens, heads, head_dim] seen as the stacked rows of the prefix product: head g of the
-// view is KV head g's group, its row p query token p % tokens of query head g * G + p / tokens,
-// i.e. the group's heads one after the other. Only row() is read (kernel/tile_loads.hpp,
-// load_rows), so any strides of q work.
+// Packed Q [tokens, heads, head_dim] seen as the rows of the prefix product: head g of the view is
+// KV head g's group, its row t x heads + i query token t of query head g x G + i (i < G), where a
+// [tokens, heads] tensor has row (t, g x G + i): outputs and LSEs land in that layout. Only row()
+// is read (kernel/tile_loads.hpp, load_rows), so any strides of q work.
 template <class T>
 struct GroupRows {
   TensorView<const T> q;
@@ -121,7 +123,7 @@ struct GroupRows {
 
   GroupRows(const TensorView<const T>& queries, index_t g)
       : q(queries), group(g), head_dim(queries.head_dim), dim_stride(queries.dim_stride) {}
-  const T* row(index_t p, index_t g) const { return q.row(p % q.tokens, g * group + p / q.tokens); }
+  const T* row(index_t p, index_t g) const { return q.row(p / q.heads, g * group + p % q.heads); }
 };
 
 }  // namespace detail
@@ -140,14 +142,15 @@ class CascadeAttention {
         suffix_(config_, suffix_plans(prefix_tokens, sequences, options, cache), executor_),
         group_(config_.num_heads / config_.num_kv_heads),
         group_config_{config_.num_kv_heads, config_.num_kv_heads, config_.head_dim, config_.resolved_scale()},
-        prefix_plan_(detail::prefix_plan(suffix_.total_queries() * group_, prefix_tokens, options.tiles)) {}
+        prefix_plan_(detail::prefix_plan(suffix_.total_queries(), config_.num_heads, group_, prefix_tokens,
+                                         options.tiles)) {}
 
   index_t prefix_tokens() const { return prefix_tokens_; }
   index_t num_sequences() const { return suffix_.num_sequences(); }
   const std::vector<index_t>& query_offsets() const { return suffix_.query_offsets(); }
   index_t total_queries() const { return suffix_.total_queries(); }
-  // The prefix product's plan: total_queries() x G rows, a GQA group's heads one after the other,
-  // run once per KV head (detail::GroupRows).
+  // The prefix product's plan: rows are (query, head of a GQA group), run once per KV head
+  // (detail::GroupRows).
   const Plan& prefix_plan() const { return prefix_plan_; }
   const BatchedAttention& suffixes() const { return suffix_; }
 
@@ -170,61 +173,47 @@ class CascadeAttention {
     MMATTN_REQUIRE(q.tokens == total, "cascade: q has " + std::to_string(q.tokens) + " tokens but the sequences' " +
                                           "query ranges hold " + std::to_string(total));
     // The suffix parts go to scratch, so the suffix call checks the rest without writing `out`.
-    // Both parts are [heads, total, head_dim] with LSEs [heads, total]: the prefix product's
-    // stacked rows of KV head g are then heads g x G .. g x G + G - 1 in a row, and the merge reads
-    // both parts in memory order.
     std::vector<float>& scratch = cascade_scratch();
     const index_t l_floats = detail::checked_mul(total, heads, "cascade: scratch");
     const index_t o_floats = detail::checked_mul(l_floats, dim, "cascade: scratch");
     const index_t floats = detail::checked_mul(2, detail::checked_add(o_floats, l_floats, "cascade: scratch"),
                                                "cascade: scratch");
     if (static_cast<index_t>(scratch.size()) < floats) scratch.resize(static_cast<size_t>(floats));
-    float* const prefix_o = scratch.data();
-    float* const suffix_o = prefix_o + o_floats;
-    float* const prefix_l = suffix_o + o_floats;
-    float* const suffix_l = prefix_l + l_floats;
+    const TensorView<float> prefix_o = view_thd(scratch.data(), total, heads, dim);
+    const TensorView<float> suffix_o = view_thd(scratch.data() + o_floats, total, heads, dim);
+    const LseView prefix_l = view_lse(scratch.data() + 2 * o_floats, total, heads);
+    const LseView suffix_l = view_lse(scratch.data() + 2 * o_floats + l_floats, total, heads);
 
     // Few rows per KV head (decode): the decode kernel, all heads per item, split over keys.
     bool decode = true;
     for (index_t s = 0; s < num_sequences(); ++s) decode = decode && kernel::use_decode_kernel(suffix_.plan(s), config_);
-    const TensorView<float> suffix_out = view_htd(suffix_o, total, heads, dim);
-    const LseView suffix_lse{suffix_l, total, heads, 1, total};
     if (decode)
-      suffix_.forward_split_kv(q, cu_seqlens, k, v, suffix_out, suffix_lse);
+      suffix_.forward_split_kv(q, cu_seqlens, k, v, suffix_o, suffix_l);
     else
-      suffix_.forward(q, cu_seqlens, k, v, suffix_out, suffix_lse);
+      suffix_.forward(q, cu_seqlens, k, v, suffix_o, suffix_l);
 
-    // The prefix product, one head per KV head (rows total x G): items of whole tiles (with the
-    // packed-block cache) unless too few of them keep the workers busy.
-    const index_t kv_heads = config_.num_kv_heads, rows = total * group_;
+    // The prefix product, one head per KV head: items of whole tiles (with the packed-block cache)
+    // unless too few of them keep the workers busy. Its rows are prefix_o's (detail::GroupRows):
+    // [total x heads, kv_heads] with head g at head g x G. (Split over keys, its scratch is sized
+    // by that row span, kv_heads times the rows computed; only plans of few items go there.)
+    const index_t kv_heads = config_.num_kv_heads;
     const detail::GroupRows<TQ> stacked(q, group_);
-    const TensorView<float> prefix_out{prefix_o, rows, kv_heads, dim, dim, rows * dim, 1};
-    const LseView prefix_lse{prefix_l, rows, kv_heads, 1, rows};
+    const TensorView<float> group_o{prefix_o.data, total * heads, kv_heads, dim, dim, group_ * dim, 1};
+    const LseView group_l{prefix_l.data, total * heads, kv_heads, 1, group_};
     const auto tiles = static_cast<index_t>(prefix_plan_.query_tiles.size());
     if (tiles * kv_heads >= kernel::kItemsPerWorker * executor_.concurrency())
-      kernel::execute_plan(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, prefix_out, prefix_lse, executor_);
+      kernel::execute_plan(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, group_o, group_l, executor_);
     else
-      kernel::execute_split_kv(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, prefix_out, prefix_lse,
-                               executor_);
+      kernel::execute_split_kv(prefix_plan_, group_config_, stacked, prefix_k, prefix_v, group_o, group_l, executor_);
 
-    // Rows r = head x total + token in ranges, in parallel; each row as merge() merges it, prefix
-    // part first.
-    const index_t all_rows = total * heads;
-    const index_t pieces = std::min<index_t>(all_rows, kernel::kItemsPerWorker * executor_.concurrency());
+    // Merge row ranges in parallel; each is merge() on its rows.
+    const index_t pieces = std::min<index_t>(total, kernel::kItemsPerWorker * executor_.concurrency());
     executor_.parallel_for(pieces, [&](index_t p) {
-      thread_local std::vector<float> acc;
-      if (static_cast<index_t>(acc.size()) < dim) acc.resize(static_cast<size_t>(dim));
-      for (index_t r = p * all_rows / pieces; r < (p + 1) * all_rows / pieces; ++r) {
-        const float part_lse[] = {prefix_l[r], suffix_l[r]};
-        const float* const part[] = {prefix_o + r * dim, suffix_o + r * dim};
-        const float row_lse = kernel::merge_row(2, part_lse, /*unit=*/1.0f, dim, [&](index_t i, float w, float* a) {
-          for (index_t d = 0; d < dim; ++d) a[d] += w * part[i][d];  // no Eigen peeling: same bits at any address
-        }, acc.data());
-        const index_t t = r % total, h = r / total;
-        TO* dst = out.row(t, h);
-        for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc[static_cast<size_t>(d)]);
-        if (lse) lse(t, h) = row_lse;
-      }
+      const index_t r0 = p * total / pieces, r1 = (p + 1) * total / pieces;
+      const PartialAttention<float> parts[] = {
+          {detail::token_rows(TensorView<const float>(prefix_o), r0, r1 - r0), detail::token_rows(prefix_l, r0, r1 - r0)},
+          {detail::token_rows(TensorView<const float>(suffix_o), r0, r1 - r0), detail::token_rows(suffix_l, r0, r1 - r0)}};
+      merge(parts, detail::token_rows(out, r0, r1 - r0), detail::token_rows(lse, r0, r1 - r0));
     });
   }
 
