@@ -293,8 +293,12 @@ TEST(BatchedAttention, BadInputThrowsBeforeWriting) {
   const Buffers wrong_heads = make_qkv(make_config(2, 2, 8), 1, 12, 2);
   EXPECT_TRUE(contains(run({0, 14, 16}, {a.k.cview(), wrong_heads.k.cview()}, v), "sequence 1: k: has 2 heads"));
   const std::string overlap = error_message([&] {
-    const TensorView<float> into_k = view_thd(const_cast<float*>(a.k.storage.data()), 16, 2, 8);
-    batch.forward(q.cview(), {0, 14, 16}, k, v, into_k);
+    // Sequence 0's K inside a buffer that also holds the whole output: out overlaps k and nothing
+    // else (an output view running past a.k's own storage would meet whatever the heap put there).
+    std::vector<float> shared(16 * 2 * 8);
+    const std::vector<TensorView<const float>> k_in_shared = {view_thd<const float>(shared.data(), 14, 1, 8),
+                                                              b.k.cview()};
+    batch.forward(q.cview(), {0, 14, 16}, k_in_shared, v, view_thd(shared.data(), 16, 2, 8));
   });
   EXPECT_TRUE(contains(overlap, "sequence 0: out: overlaps k")) << overlap;
   // A paged view whose table points outside its pool.
