@@ -34,7 +34,7 @@ struct DecodeCase {
   int executor = 0;  // 0 default, 1 serial, 2 OpenMP x 4 (threads > cores), 3 serial claiming 16 workers
   bool paged = false;
   index_t block_size = 16;
-  bool bf16_kv = false;
+  int kv_type = 0;  // 0 float, 1 bf16, 2 f16
 };
 
 Executor make_executor(int which) {
@@ -54,7 +54,7 @@ Executor make_executor(int which) {
 std::string describe(const DecodeCase& d) {
   return cases::describe(d.base) + "\n  decode: " + std::to_string(d.new_tokens) + " new tokens, splits " +
          std::to_string(d.split.splits) + ", executor " + std::to_string(d.executor) +
-         (d.paged ? ", paged block " + std::to_string(d.block_size) : ", contiguous") + (d.bf16_kv ? ", bf16 K/V" : "");
+         (d.paged ? ", paged block " + std::to_string(d.block_size) : ", contiguous") + (d.kv_type == 1 ? ", bf16 K/V" : d.kv_type == 2 ? ", f16 K/V" : "");
 }
 
 DecodeCase random_decode_case(std::uint32_t seed) {
@@ -70,7 +70,7 @@ DecodeCase random_decode_case(std::uint32_t seed) {
   d.paged = gen() % 2;
   const index_t block_sizes[] = {1, 3, 5, 8, 16, 17};
   d.block_size = block_sizes[cases::uniform(gen, 0, 5)];
-  d.bf16_kv = gen() % 3 == 0;
+  d.kv_type = gen() % 3 == 0 ? 1 : gen() % 4 == 0 ? 2 : 0;
   return d;
 }
 
@@ -130,7 +130,9 @@ TEST(Decode, MatchesReferenceOverRandomCases) {
     ++families[d.base.family];
     std::string problems;
     const std::string err = error_message([&] {
-      problems = d.bf16_kv ? run_decode_case<bf16>(d, worst) : run_decode_case<float>(d, worst);
+      problems = d.kv_type == 1   ? run_decode_case<bf16>(d, worst)
+                 : d.kv_type == 2 ? run_decode_case<Eigen::half>(d, worst)
+                                  : run_decode_case<float>(d, worst);
     });
     if (err != "<no exception>") problems = " threw: " + err;
     if (!problems.empty() && ++failed <= 5) ADD_FAILURE() << "case failed:" << problems;

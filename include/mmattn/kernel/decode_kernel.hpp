@@ -193,6 +193,21 @@ inline void by_fours(index_t rows, Kernel&& kernel) {
 
 }  // namespace gemv
 
+// The portable row kernels as a policy; simd_gemv.inl gives each instruction set's `Gemv` the
+// same interface, and attend_tile_all_heads picks one at run time.
+struct EigenGemv {
+  template <class T>
+  static constexpr bool kInPlace = gemv::kInPlace<T>;
+  template <int kRows, class T>
+  static void dots(const float* q, index_t dim, const T* k, float* s, index_t s_stride) {
+    gemv::dots<kRows>(q, dim, k, s, s_stride);
+  }
+  template <int kRows, class T>
+  static void axpy_block(const float* p, index_t p_stride, index_t keys, const T* const* v, index_t dim, float* acc) {
+    gemv::axpy_block<kRows>(p, p_stride, keys, v, dim, acc);
+  }
+};
+
 // Rows of the score tile start at a multiple of this many floats (and the buffer on Eigen's largest
 // alignment), so Eigen's vectorised exp and sum see every row aligned alike: unaligned, they peel
 // a scalar head whose length depends on the heap address, and std::exp and the packet exp differ
@@ -240,7 +255,7 @@ struct DecodeWorkspace {
 // Q K^T for one key block: scores(r, j) for every head's rows, key by key in memory order (row
 // (key, kv_head) for every KV head, then the next key). kInPlace: rows are read where they are,
 // else widened into ws.rows first.
-template <bool kInPlace, class KView>
+template <class Gemv, bool kInPlace, class KView>
 void block_scores(const KView& k, const TokenRect& keys, index_t kv_heads, index_t group_rows, index_t dim,
                   bool prefetch, DecodeWorkspace& ws, StridedRowMap& scores) {
   const index_t n = keys.size(), hs = k.head_stride;
@@ -260,7 +275,7 @@ void block_scores(const KView& k, const TokenRect& keys, index_t kv_heads, index
       }();
       const index_t r0 = kh * group_rows;
       gemv::by_fours(group_rows, [&](index_t r, auto width) {
-        gemv::dots<decltype(width)::value>(ws.q.data() + (r0 + r) * dim, dim, row, &scores(r0 + r, j),
+        Gemv::template dots<decltype(width)::value>(ws.q.data() + (r0 + r) * dim, dim, row, &scores(r0 + r, j),
                                            scores.outerStride());
       });
     }
@@ -281,7 +296,7 @@ bool row_finite(const T* row, index_t dim, index_t stride) {
 // row some queries may see and others not is checked: if it is not finite, 0 x it would be NaN in
 // the rows that must not see it, so only the rows that may see it add it, alone (a visible NaN
 // then reaches them even where its weight underflowed to 0).
-template <bool kInPlace, class VView>
+template <class Gemv, bool kInPlace, class VView>
 void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, index_t kv_heads, index_t group_rows,
                   index_t dim, bool prefetch, DecodeWorkspace& ws, const StridedRowMap& p) {
   const bool full = mask == nullptr;
@@ -333,7 +348,7 @@ void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, ind
         }
       }
       gemv::by_fours(group_rows, [&](index_t r, auto width) {
-        gemv::axpy_block<decltype(width)::value>(&p(r0 + r, j0), p.outerStride(), sn, rows, dim,
+        Gemv::template axpy_block<decltype(width)::value>(&p(r0 + r, j0), p.outerStride(), sn, rows, dim,
                                                  ws.acc.data() + (r0 + r) * dim);
       });
       for (index_t a = 0; a < n_alone; ++a) {
@@ -350,10 +365,10 @@ void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, ind
   }
 }
 
-template <class QView, class KView, class VView, class TO>
-void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
-                           const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                           const TensorView<TO>& out, const LseOut& lse, DecodeWorkspace& ws) {
+template <class Gemv, class QView, class KView, class VView, class TO>
+void attend_tile_all_heads_with(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
+                                const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                                const TensorView<TO>& out, const LseOut& lse, DecodeWorkspace& ws) {
   using Vec = Eigen::Map<Eigen::VectorXf>;
   using TK = view_element_t<KView>;
   using TV = view_element_t<VView>;
@@ -370,8 +385,8 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
   row_max.setConstant(kNegInf);
   row_sum.setZero();
   // In place when the rows are contiguous and widen in registers; else widened into ws.rows.
-  const bool k_in_place = gemv::kInPlace<TK> && k.dim_stride == 1;
-  const bool v_in_place = gemv::kInPlace<TV> && v.dim_stride == 1;
+  const bool k_in_place = Gemv::template kInPlace<TK> && k.dim_stride == 1;
+  const bool v_in_place = Gemv::template kInPlace<TV> && v.dim_stride == 1;
   // With one query row per KV head a row is consumed in ~40 cycles and the hardware prefetchers
   // keep up; software prefetches then only cost issue slots (MHA, 16k: 88 -> 105 cycles).
   const bool prefetch = group_rows > 1;
@@ -381,10 +396,10 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
     const TokenRect& keys = block.keys;
     const index_t n = keys.size();
     StridedRowMap scores(ws.scores.data(), rows, n, Eigen::OuterStride<>(padded_keys(n)));  // (heads * m, n)
-    if constexpr (gemv::kInPlace<TK>) {
-      if (k_in_place) block_scores</*kInPlace=*/true>(k, keys, kv_heads, group_rows, dim, prefetch, ws, scores);
+    if constexpr (Gemv::template kInPlace<TK>) {
+      if (k_in_place) block_scores<Gemv, true>(k, keys, kv_heads, group_rows, dim, prefetch, ws, scores);
     }
-    if (!k_in_place) block_scores</*kInPlace=*/false>(k, keys, kv_heads, group_rows, dim, prefetch, ws, scores);
+    if (!k_in_place) block_scores<Gemv, false>(k, keys, kv_heads, group_rows, dim, prefetch, ws, scores);
 
     RowMap bias(ws.bias.data(), m, n);  // (m, n): one mask for all heads, it depends on positions only
     if (!block.full) {
@@ -402,10 +417,10 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
       if (alpha != 1.0f) acc.row(r) *= alpha;
     }
 
-    if constexpr (gemv::kInPlace<TV>) {
-      if (v_in_place) block_values</*kInPlace=*/true>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
+    if constexpr (Gemv::template kInPlace<TV>) {
+      if (v_in_place) block_values<Gemv, true>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
     }
-    if (!v_in_place) block_values</*kInPlace=*/false>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
+    if (!v_in_place) block_values<Gemv, false>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
   }
 
   for (index_t r = 0; r < rows; ++r) {
@@ -414,6 +429,24 @@ void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t bloc
     TO* dst = out.row(token, head);
     for (index_t d = 0; d < dim; ++d) dst[d * out.dim_stride] = static_cast<TO>(acc(r, d) * inv);
     lse.write(token, head, row_max[r], row_sum[r], scaling);
+  }
+}
+
+// All heads of a few-row tile (the contract above), on the row kernels of the active instruction
+// set: chosen once per tile, as attend_tile chooses its micro-kernels.
+template <class QView, class KView, class VView, class TO>
+void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
+                           const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+                           const TensorView<TO>& out, const LseOut& lse, DecodeWorkspace& ws) {
+  switch (active_isa()) {
+#if MMATTN_HAS_X86_KERNELS
+    case Isa::kAvx512:
+      return attend_tile_all_heads_with<avx512::Gemv>(plan, tile, block_begin, block_end, cfg, q, k, v, out, lse, ws);
+    case Isa::kAvx2:
+      return attend_tile_all_heads_with<avx2::Gemv>(plan, tile, block_begin, block_end, cfg, q, k, v, out, lse, ws);
+#endif
+    default:
+      return attend_tile_all_heads_with<EigenGemv>(plan, tile, block_begin, block_end, cfg, q, k, v, out, lse, ws);
   }
 }
 

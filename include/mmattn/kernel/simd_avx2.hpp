@@ -7,9 +7,11 @@
 #if MMATTN_HAS_X86_KERNELS
 #include <immintrin.h>
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/kernel/block_mask.hpp"
@@ -57,6 +59,19 @@ struct Vec {
   static V zero_where_below(V x, V lo, V value) {
     return _mm256_blendv_ps(value, zero(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
   }
+  static constexpr int kRegisters = 16;
+  static constexpr bool kHasHalf = false;  // F16C is not part of this target
+  // bf16 is the top half of an fp32: widen 8 of them with a shift.
+  static V load_bf16(const Eigen::bfloat16* p) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+  static V load_half(const Eigen::half* p) {  // lane by lane; the decode kernel widens f16 rows first
+    alignas(32) float x[kWidth];
+    for (int i = 0; i < kWidth; ++i) x[i] = static_cast<float>(p[i]);
+    return load(x);
+  }
+  static __m128 quarter(V x) { return _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)); }
   static float reduce_max(V x) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -71,6 +86,7 @@ struct Vec {
 
 #define MMATTN_SIMD_ATTENTION_INL_TARGET
 #include "mmattn/kernel/simd_attention.inl"
+#include "mmattn/kernel/simd_gemv.inl"
 #undef MMATTN_SIMD_ATTENTION_INL_TARGET
 
 }  // namespace mmattn::kernel::avx2

@@ -8,9 +8,11 @@
 #if MMATTN_HAS_X86_KERNELS
 #include <immintrin.h>
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/kernel/block_mask.hpp"
@@ -58,6 +60,20 @@ struct Vec {
   static V zero_where_below(V x, V lo, V value) {
     return _mm512_mask_mov_ps(value, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), zero());
   }
+  static constexpr int kRegisters = 32;
+  static constexpr bool kHasHalf = true;
+  static V load_bf16(const Eigen::bfloat16* p) {  // the top half of an fp32: a shift
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  static V load_half(const Eigen::half* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  // Lanes summed down to 4.
+  static __m128 quarter(V x) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  }
   // Once per row and block: a plain loop over the lanes costs nothing measurable.
   static float reduce_max(V x) {
     alignas(64) float lane[kWidth];
@@ -77,6 +93,7 @@ struct Vec {
 
 #define MMATTN_SIMD_ATTENTION_INL_TARGET
 #include "mmattn/kernel/simd_attention.inl"
+#include "mmattn/kernel/simd_gemv.inl"
 #undef MMATTN_SIMD_ATTENTION_INL_TARGET
 
 }  // namespace mmattn::kernel::avx512
