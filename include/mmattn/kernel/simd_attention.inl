@@ -138,11 +138,24 @@ inline void add_values(const float* p, index_t keys_p, const float* v, float* ac
   }
 }
 
+// 8 elements of a float or bf16 row as floats (bf16 is the top half of an fp32: a shift).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const Eigen::bfloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+// Element types whose rows the packing reads in place, widening in registers; others are
+// converted into a float row buffer first.
+template <class T>
+inline constexpr bool kPacksInPlace = std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16>;
+
 // dst (8, 8) with row stride ld_dst = the transpose of the 8 x 8 block whose row i is src[i] + col.
 // AVX2 instructions, which the AVX-512 target includes; compiled in each target so that it inlines.
-inline void transpose_8x8(const float* const* src, index_t col, float* dst, index_t ld_dst) {
+template <class T>
+inline void transpose_8x8(const T* const* src, index_t col, float* dst, index_t ld_dst) {
   __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i] + col);
+  for (int i = 0; i < 8; ++i) r[i] = load8(src[i] + col);
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);  // a0 b0 a1 b1 | a4 b4 a5 b5
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -162,34 +175,83 @@ inline void transpose_8x8(const float* const* src, index_t col, float* dst, inde
 // kt = K^T (dim, keys_p) panel-major; K's row j starts at k[j] for every j < keys_p, the rows past
 // the block's keys at zeros, so the padding columns need no pass of their own. Groups of 8 keys
 // go through registers 8 x 8 at a time (a panel is a multiple of 8 wide), a ragged dim one by one.
-inline void pack_keys_transposed(const float* const* k, index_t keys_p, index_t dim, float* kt) {
+template <class T>
+inline void pack_keys_transposed(const T* const* k, index_t keys_p, index_t dim, float* kt) {
   const index_t dim8 = dim / 8 * 8;
   for (index_t j = 0; j < keys_p; j += 8) {
-    for (index_t i = j + 8; i < std::min(j + 16, keys_p); ++i) prefetch_bytes(k[i], dim * index_t{sizeof(float)});
+    for (index_t i = j + 8; i < std::min(j + 16, keys_p); ++i) prefetch_bytes(k[i], dim * index_t{sizeof(T)});
     const index_t width = panel_width(keys_p, j);
     float* const dst = kt + panel_index(keys_p, dim, 0, j);  // row c of these 8 columns: dst + c * width
     for (index_t c = 0; c < dim8; c += 8) transpose_8x8(k + j, c, dst + c * width, width);
     for (index_t c = dim8; c < dim; ++c)
-      for (index_t i = 0; i < 8; ++i) dst[c * width + i] = k[j + i][c];
+      for (index_t i = 0; i < 8; ++i) dst[c * width + i] = static_cast<float>(k[j + i][c]);
   }
 }
 
 // vp = V (keys, dim_p) panel-major, zero in the padding columns; V's row j starts at v[j]. Returns
 // whether every value is finite (x - x is 0 for finite x, NaN for inf and NaN).
-inline bool pack_values(const float* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
+template <class T>
+inline bool pack_values(const T* const* v, index_t keys, index_t dim, index_t dim_p, float* vp) {
   V check = Vec::zero();
+  alignas(64) float tail[kWidth];
   for (index_t j = 0; j < keys; ++j) {
-    if (j + 8 < keys) prefetch_bytes(v[j + 8], dim * index_t{sizeof(float)});
-    const float* const row = v[j];
+    if (j + 8 < keys) prefetch_bytes(v[j + 8], dim * index_t{sizeof(T)});
+    const T* const row = v[j];
     for (index_t c = 0; c < dim_p; c += kWidth) {
       float* const dst = vp + c / kPanelWidth * kPanelWidth * keys + j * panel_width(dim_p, c) + c % kPanelWidth;
       const index_t n = std::min<index_t>(kWidth, dim - c);
-      const V x = n == kWidth ? Vec::load(row + c) : Vec::load_tail(row + c, static_cast<int>(n));
+      V x;
+      if constexpr (std::is_same_v<T, float>) {
+        x = n == kWidth ? Vec::load(row + c) : Vec::load_tail(row + c, static_cast<int>(n));
+      } else if (n == kWidth) {
+        x = Vec::load_bf16(row + c);
+      } else {
+        for (index_t i = 0; i < kWidth; ++i) tail[i] = i < n ? static_cast<float>(row[c + i]) : 0.0f;
+        x = Vec::load(tail);
+      }
       Vec::store(dst, x);
       check = Vec::add(check, Vec::sub(x, x));
     }
   }
   return Vec::reduce_add(check) == 0.0f;
+}
+
+// A block's K^T from a view: float and bf16 rows read where they are (any view whose dims are
+// contiguous: strided, paged), others converted into float rows in ws.k first. Rows past the
+// block's keys point at zeros.
+template <class View>
+void pack_keys(const View& k, index_t head, const TokenRect& keys, index_t keys_p, index_t dim, Workspace& ws,
+               float* kt) {
+  using T = view_element_t<View>;
+  if constexpr (kPacksInPlace<T>) {
+    if (k.dim_stride == 1) {
+      thread_local std::vector<const T*> rows;
+      thread_local std::vector<T> zeros;
+      if (static_cast<index_t>(zeros.size()) < dim) zeros.assign(static_cast<size_t>(dim), T(0.0f));
+      rows.assign(static_cast<size_t>(keys_p), zeros.data());
+      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = k.row(keys.at(j), head);
+      return pack_keys_transposed(rows.data(), keys_p, dim, kt);
+    }
+  }
+  key_row_pointers(k, head, keys, ws.k.data(), ws.key_rows);
+  ws.key_rows.resize(static_cast<size_t>(keys_p), ws.zero_row(dim));
+  pack_keys_transposed(ws.key_rows.data(), keys_p, dim, kt);
+}
+
+// A block's V, likewise; returns whether every value is finite.
+template <class View>
+bool pack_block_values(const View& v, index_t head, const TokenRect& keys, index_t dim, index_t dim_p, Workspace& ws,
+                       float* vp) {
+  using T = view_element_t<View>;
+  if constexpr (kPacksInPlace<T>) {
+    if (v.dim_stride == 1) {
+      thread_local std::vector<const T*> rows;
+      rows.resize(static_cast<size_t>(keys.size()));
+      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = v.row(keys.at(j), head);
+      return pack_values(rows.data(), keys.size(), dim, dim_p, vp);
+    }
+  }
+  return pack_values(key_row_pointers(v, head, keys, ws.k.data(), ws.key_rows), keys.size(), dim, dim_p, vp);
 }
 
 // A block's K^T (dim, keys_p) and V (keys, dim_p), from the thread's cache or packed now: into the
@@ -204,11 +266,8 @@ PackedBlocks::Block pack_block(const KView& k, const VView& v, index_t kv_head, 
   PackedBlocks::Block scratch{ws.packed.data(), ws.v.data(), true};
   PackedBlocks::Block* block = ws.packed_blocks.add(keys_rect, dim * keys_p, keys * dim_p);
   if (block == nullptr) block = &scratch;
-  key_row_pointers(k, kv_head, keys_rect, ws.k.data(), ws.key_rows);
-  ws.key_rows.resize(static_cast<size_t>(keys_p), ws.zero_row(dim));
-  pack_keys_transposed(ws.key_rows.data(), keys_p, dim, block->kt);
-  block->values_finite =
-      pack_values(key_row_pointers(v, kv_head, keys_rect, ws.k.data(), ws.key_rows), keys, dim, dim_p, block->v);
+  pack_keys(k, kv_head, keys_rect, keys_p, dim, ws, block->kt);
+  block->values_finite = pack_block_values(v, kv_head, keys_rect, dim, dim_p, ws, block->v);
   return *block;
 }
 
