@@ -49,13 +49,14 @@ class BlockRuns {
     }
   }
 
-  // compute() for block `block` of the plan an execute_plan call numbered `call` runs, unless the
-  // runs hold it already: the heads of a tile share them. Call 0 (no number) always computes.
-  void compute_once(std::uint64_t call, index_t block, const TokenRect& queries, const TokenRect& keys,
-                    const PairMask& mask) {
-    if (call != 0 && call == call_ && block == block_) return;
+  // compute() for block `block` of plan `plan` in the call numbered `call` (kernel::next_call_id),
+  // unless the runs hold it already: the heads of a tile share them. A call may run several plans
+  // (context parallelism's groups), so the plan is part of the key. Call 0 always computes.
+  void compute_once(std::uint64_t call, const void* plan, index_t block, const TokenRect& queries,
+                    const TokenRect& keys, const PairMask& mask) {
+    if (call != 0 && call == call_ && plan == plan_ && block == block_) return;
     compute(queries, keys, mask);
-    call_ = call, block_ = block;
+    call_ = call, plan_ = plan, block_ = block;
   }
 
   // Block columns [begin, end) holding every key rows [r0, r1) see; begin == end when none.
@@ -82,6 +83,7 @@ class BlockRuns {
   index_t row_begin(index_t i) const { return i == 0 ? 0 : row_end_[static_cast<size_t>(i - 1)]; }
 
   std::uint64_t call_ = 0;
+  const void* plan_ = nullptr;
   index_t block_ = -1;
   std::vector<KeyRun> runs_;     // every row's runs, row after row
   std::vector<index_t> row_end_;  // where row i's runs end in runs_

@@ -344,7 +344,8 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
     if (block.full) {
       std::fill(spans, spans + rows_p / Vec::kRows, KeyRun{0, keys});
     } else {
-      ws.block_runs.compute_once(ws.packed_blocks.call(), b, tile.queries, block.keys, plan.mask(tile, block));
+      ws.block_runs.compute_once(ws.packed_blocks.call(), &plan, b, tile.queries, block.keys,
+                                 plan.mask(tile, block));
       for (index_t i = 0; i < rows_p; i += Vec::kRows) spans[i / Vec::kRows] = ws.block_runs.span(i, i + Vec::kRows);
     }
     float* const s = ws.scores.data();  // (rows_p, keys_p)
