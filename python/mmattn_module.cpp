@@ -114,9 +114,22 @@ py::array_t<float> lse_array(index_t tokens, index_t heads, mmattn::LseView& vie
   return lse;
 }
 
-py::object result(py::array out, std::optional<py::array_t<float>> lse) {
-  if (lse) return py::make_tuple(std::move(out), std::move(*lse));
-  return std::move(out);
+// Every entry point's ending: `call(out_view, lse_view)` runs without the GIL into `out` (or a new
+// array, output_of) and the LSE when asked for; returns out, or (out, lse).
+template <class Call>
+py::object run_into_output(const py::object& out, const bindings::ErasedTensor& q, index_t heads, index_t head_dim,
+                           bool return_lse, Call&& call) {
+  bindings::ErasedTensor to;
+  py::array out_array = output_of(out, q, heads, head_dim, to);
+  mmattn::LseView lse_view;
+  std::optional<py::array_t<float>> lse;
+  if (return_lse) lse = lse_array(to.tokens, heads, lse_view);
+  {
+    py::gil_scoped_release release;
+    call(to, lse_view);
+  }
+  if (lse) return py::make_tuple(std::move(out_array), std::move(*lse));
+  return std::move(out_array);
 }
 
 // The attention class as Python holds it: the planned C++ object plus what the constructor was told.
@@ -148,16 +161,10 @@ struct Attention {
     const bindings::ErasedTensor tq = tensor_of(q, "q", false), tk = tensor_of(k, "k", false),
                                  tv = tensor_of(v, "v", false);
     const mmattn::AttentionConfig& cfg = attention.config();
-    bindings::ErasedTensor to;
-    py::array out_array = output_of(out, tq, cfg.num_heads, cfg.head_dim, to);
-    mmattn::LseView lse_view;
-    std::optional<py::array_t<float>> lse;
-    if (return_lse) lse = lse_array(to.tokens, cfg.num_heads, lse_view);
-    {
-      py::gil_scoped_release release;
-      bindings::forward(attention, tq, tk, tv, to, lse_view);
-    }
-    return result(std::move(out_array), std::move(lse));
+    return run_into_output(out, tq, cfg.num_heads, cfg.head_dim, return_lse,
+                           [&](const bindings::ErasedTensor& to, const mmattn::LseView& lse) {
+                             bindings::forward(attention, tq, tk, tv, to, lse);
+                           });
   }
 
   // Seconds of each of `reps` forward calls, timed in C++ around the library call alone: what
@@ -277,16 +284,10 @@ py::object decode_with(const py::object& q, const py::object& k, const py::objec
   const bindings::ErasedPagedCache ck = cache_of(k, "k", block_table, paged_tokens, k_table);
   const bindings::ErasedPagedCache cv = cache_of(v, "v", block_table, paged_tokens, v_table);
   const mmattn::AttentionConfig cfg{tq.heads, ck.heads, tq.head_dim, scale};
-  bindings::ErasedTensor to;
-  py::array out_array = output_of(out, tq, tq.heads, tq.head_dim, to);
-  mmattn::LseView lse_view;
-  std::optional<py::array_t<float>> lse;
-  if (return_lse) lse = lse_array(to.tokens, tq.heads, lse_view);
-  {
-    py::gil_scoped_release release;
-    run(cfg, tq, ck, cv, to, lse_view, mmattn::Executor::openmp(threads));
-  }
-  return result(std::move(out_array), std::move(lse));
+  return run_into_output(out, tq, tq.heads, tq.head_dim, return_lse,
+                         [&](const bindings::ErasedTensor& to, const mmattn::LseView& lse) {
+                           run(cfg, tq, ck, cv, to, lse, mmattn::Executor::openmp(threads));
+                         });
 }
 
 // The batched class as Python holds it. Sequences are (layout, policy) or (layout, policy,
@@ -349,16 +350,10 @@ struct Batch {
     };
     const std::vector<bindings::ErasedPagedCache> ck = caches(k, "k", 0), cv = caches(v, "v", static_cast<size_t>(n));
     const mmattn::AttentionConfig& cfg = batch.config();
-    bindings::ErasedTensor to;
-    py::array out_array = output_of(out, tq, cfg.num_heads, cfg.head_dim, to);
-    mmattn::LseView lse_view;
-    std::optional<py::array_t<float>> lse;
-    if (return_lse) lse = lse_array(to.tokens, cfg.num_heads, lse_view);
-    {
-      py::gil_scoped_release release;
-      bindings::batched_forward(batch, tq, ck, cv, to, lse_view, split_kv);
-    }
-    return result(std::move(out_array), std::move(lse));
+    return run_into_output(out, tq, cfg.num_heads, cfg.head_dim, return_lse,
+                           [&](const bindings::ErasedTensor& to, const mmattn::LseView& lse) {
+                             bindings::batched_forward(batch, tq, ck, cv, to, lse, split_kv);
+                           });
   }
 };
 
