@@ -28,6 +28,7 @@
 #include "mmattn/kernel/block_mask.hpp"
 #include "mmattn/kernel/convert.hpp"
 #include "mmattn/kernel/online_softmax.hpp"
+#include "mmattn/kernel/tile_loads.hpp"
 #include "mmattn/kernel/tiled_attention.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/tensor_view.hpp"
@@ -304,8 +305,7 @@ void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, ind
   using T = view_element_t<VView>;
   using E = std::conditional_t<kInPlace, T, float>;  // what the axpys read
   const index_t n = keys.size(), hs = v.head_stride;
-  thread_local std::vector<T> zero_row;  // in the view's own type, for rows read in place
-  if (static_cast<index_t>(zero_row.size()) < dim) zero_row.assign(static_cast<size_t>(dim), T(0.0f));
+  const T* const zero = zero_row<T>(dim);  // in the view's own type, for rows read in place
   float* const zero_float = ws.rows.data() + kSubKeys * dim;
   std::fill(zero_float, zero_float + dim, 0.0f);
   const T* base[2][kSubKeys];  // rows (key, KV head 0) of this step and of the next
@@ -338,7 +338,7 @@ void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, ind
           }
         }
         if constexpr (kInPlace) {
-          rows[j] = weighed ? now[j] + kh * hs : zero_row.data();
+          rows[j] = weighed ? now[j] + kh * hs : zero;
         } else if (weighed) {
           float* dst = ws.rows.data() + j * dim;
           convert_row(now[j] + kh * hs, dim, v.dim_stride, 1.0f, dst);

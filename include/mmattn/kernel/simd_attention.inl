@@ -216,42 +216,24 @@ inline bool pack_values(const T* const* v, index_t keys, index_t dim, index_t di
   return Vec::reduce_add(check) == 0.0f;
 }
 
-// A block's K^T from a view: float and bf16 rows read where they are (any view whose dims are
-// contiguous: strided, paged), others converted into float rows in ws.k first. Rows past the
-// block's keys point at zeros.
-template <class View>
-void pack_keys(const View& k, index_t head, const TokenRect& keys, index_t keys_p, index_t dim, Workspace& ws,
-               float* kt) {
+// use(rows) with rows[j] where row j of a block starts, for j < n: float and bf16 rows read where
+// they are (any view whose dims are contiguous: strided, paged), others converted into float rows
+// in ws.k first; rows from keys.size() to n point at zeros.
+template <class View, class Use>
+decltype(auto) with_block_rows(const View& src, index_t head, const TokenRect& keys, index_t n, Workspace& ws,
+                               Use&& use) {
   using T = view_element_t<View>;
   if constexpr (kPacksInPlace<T>) {
-    if (k.dim_stride == 1) {
+    if (src.dim_stride == 1) {
       thread_local std::vector<const T*> rows;
-      thread_local std::vector<T> zeros;
-      if (static_cast<index_t>(zeros.size()) < dim) zeros.assign(static_cast<size_t>(dim), T(0.0f));
-      rows.assign(static_cast<size_t>(keys_p), zeros.data());
-      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = k.row(keys.at(j), head);
-      return pack_keys_transposed(rows.data(), keys_p, dim, kt);
+      rows.assign(static_cast<size_t>(n), zero_row<T>(src.head_dim));
+      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = src.row(keys.at(j), head);
+      return use(static_cast<const T* const*>(rows.data()));
     }
   }
-  key_row_pointers(k, head, keys, ws.k.data(), ws.key_rows);
-  ws.key_rows.resize(static_cast<size_t>(keys_p), ws.zero_row(dim));
-  pack_keys_transposed(ws.key_rows.data(), keys_p, dim, kt);
-}
-
-// A block's V, likewise; returns whether every value is finite.
-template <class View>
-bool pack_block_values(const View& v, index_t head, const TokenRect& keys, index_t dim, index_t dim_p, Workspace& ws,
-                       float* vp) {
-  using T = view_element_t<View>;
-  if constexpr (kPacksInPlace<T>) {
-    if (v.dim_stride == 1) {
-      thread_local std::vector<const T*> rows;
-      rows.resize(static_cast<size_t>(keys.size()));
-      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = v.row(keys.at(j), head);
-      return pack_values(rows.data(), keys.size(), dim, dim_p, vp);
-    }
-  }
-  return pack_values(key_row_pointers(v, head, keys, ws.k.data(), ws.key_rows), keys.size(), dim, dim_p, vp);
+  converted_row_pointers(src, head, keys, ws.k.data(), ws.key_rows);
+  ws.key_rows.resize(static_cast<size_t>(n), zero_row<float>(src.head_dim));
+  return use(static_cast<const float* const*>(ws.key_rows.data()));
 }
 
 // A block's K^T (dim, keys_p) and V (keys, dim_p), from the thread's cache or packed now: into the
@@ -266,8 +248,10 @@ PackedBlocks::Block pack_block(const KView& k, const VView& v, index_t kv_head, 
   PackedBlocks::Block scratch{ws.packed.data(), ws.v.data(), true};
   PackedBlocks::Block* block = ws.packed_blocks.add(keys_rect, dim * keys_p, keys * dim_p);
   if (block == nullptr) block = &scratch;
-  pack_keys(k, kv_head, keys_rect, keys_p, dim, ws, block->kt);
-  block->values_finite = pack_block_values(v, kv_head, keys_rect, dim, dim_p, ws, block->v);
+  with_block_rows(k, kv_head, keys_rect, keys_p, ws,
+                  [&](auto rows) { pack_keys_transposed(rows, keys_p, dim, block->kt); });
+  block->values_finite = with_block_rows(v, kv_head, keys_rect, keys, ws,
+                                         [&](auto rows) { return pack_values(rows, keys, dim, dim_p, block->v); });
   return *block;
 }
 

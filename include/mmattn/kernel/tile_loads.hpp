@@ -50,19 +50,22 @@ ConstStridedRowMap key_rows(const View& src, index_t head, const TokenRect& keys
   return ConstStridedRowMap(buffer, keys.size(), src.head_dim, Eigen::OuterStride<>(src.head_dim));
 }
 
-// Where each K or V row of a block starts, dim floats from there: the view's own rows for float
-// views with contiguous dims (any token order), else rows converted into `buffer` (keys, dim).
+// `dim` zeros of type T, the calling thread's: a row that stands in for keys that must not be read
+// (padding, masked). Valid until the thread asks for a longer one.
+template <class T>
+const T* zero_row(index_t dim) {
+  thread_local std::vector<T> zeros;
+  if (static_cast<index_t>(zeros.size()) < dim) zeros.assign(static_cast<size_t>(dim), T(0.0f));
+  return zeros.data();
+}
+
+// Where each K or V row of a block starts once converted to float: rows loaded into `buffer`
+// (keys, dim), dim floats each.
 template <class View>
-const float* const* key_row_pointers(const View& src, index_t head, const TokenRect& keys, float* buffer,
-                                     std::vector<const float*>& rows) {
-  rows.resize(static_cast<size_t>(keys.size()));
-  if constexpr (std::is_same_v<View, TensorView<const float>> || std::is_same_v<View, TensorView<float>>) {
-    if (src.dim_stride == 1) {
-      for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = src.row(keys.at(j), head);
-      return rows.data();
-    }
-  }
+const float* const* converted_row_pointers(const View& src, index_t head, const TokenRect& keys, float* buffer,
+                                           std::vector<const float*>& rows) {
   load_rows(src, head, keys, 0, 1.0f, buffer);
+  rows.resize(static_cast<size_t>(keys.size()));
   for (index_t j = 0; j < keys.size(); ++j) rows[static_cast<size_t>(j)] = buffer + j * src.head_dim;
   return rows.data();
 }

@@ -126,7 +126,8 @@ class PlanItemOrder {
     std::sort(rects.begin(), rects.end());
     auto shared = [&](const QueryTile& t) {
       for (index_t b = t.block_begin; b < t.block_end; ++b) {
-        const auto range = std::equal_range(rects.begin(), rects.end(), key_of(plan.blocks[static_cast<size_t>(b)].keys));
+        const auto key = key_of(plan.blocks[static_cast<size_t>(b)].keys);
+        const auto range = std::equal_range(rects.begin(), rects.end(), key);
         if (range.second - range.first > 1) return true;
       }
       return false;

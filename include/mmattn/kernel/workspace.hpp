@@ -86,18 +86,11 @@ struct Workspace {
   using Buffer = std::vector<float, Eigen::aligned_allocator<float>>;
   Buffer q, k, v, scores, acc, row_max, row_sum;
   Buffer packed;             // a block's K^T or V packed for the micro-kernels when not cached
-  Buffer zeros;
   std::vector<KeyRun> runs;  // a masked row's allowed keys
   BlockRuns block_runs;      // a partial block's allowed keys, row by row
   std::vector<KeyRun> spans;  // the keys each group of micro-kernel rows works on
   std::vector<const float*> key_rows;  // where a block's K or V rows start
   PackedBlocks packed_blocks;
-
-  // dim zeros: the row the micro-kernels' K packing reads for a block's padding keys.
-  const float* zero_row(index_t dim) {
-    grow(zeros, dim);
-    return zeros.data();
-  }
 
   KeyRun* group_spans(index_t groups) {
     if (static_cast<index_t>(spans.size()) < groups) spans.resize(static_cast<size_t>(groups));
