@@ -343,8 +343,7 @@ void BM_FlashPhases(benchmark::State& state) {
         std::fill(ws.row_max.begin(), ws.row_max.begin() + rows, k::kNegInf);
         std::fill(ws.row_sum.begin(), ws.row_sum.begin() + rows, 0.0f);
         c.load += c.lap();
-        for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
-          const mmattn::KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+        plan.for_each_piece(tile, mmattn::PieceRange{}, [&](index_t, const mmattn::KeyBlock& block) {
           const index_t keys = block.keys.size();
           const k::ConstStridedRowMap k_block = k::key_rows(kk, head, block.keys, ws.k.data());  // (keys, dim)
           const k::ConstStridedRowMap v_block = k::key_rows(v, head, block.keys, ws.v.data());   // (keys, dim)
@@ -355,7 +354,7 @@ void BM_FlashPhases(benchmark::State& state) {
           c.softmax += c.lap();
           if (kPhases & kPV) acc.noalias() += scores * v_block;
           c.pv += c.lap();
-        }
+        });
         for (index_t i = 0; i < rows; ++i) {
           const float l = ws.row_sum[static_cast<size_t>(i)];
           const float inv = l > 0 ? 1.0f / l : 0.0f;

@@ -175,12 +175,13 @@ TEST(ContextParallelPlan, EveryAllowedPairOnExactlyOneRank) {
     std::vector<int> covered(static_cast<size_t>(n * n), 0);
     for (const RankWork& w : cp.ranks) {
       const std::vector<char> qf = as_flags(w.queries, n), kf = as_flags(w.keys, n);
-      for (const CpWorkItem& item : w.items) {
-        const QueryTile& t = plan.query_tiles[static_cast<size_t>(item.tile)];
+      for (const CpWorkItem& item : w.items) {  // items index the partitioned plan: its blocks are pieces
+        const QueryTile& t = cp.plan.query_tiles[static_cast<size_t>(item.tile)];
         for (index_t b = item.block_begin; b < item.block_end; ++b)
           for (index_t i = 0; i < t.queries.size(); ++i)
-            for (index_t j = 0; j < plan.blocks[static_cast<size_t>(b)].keys.size(); ++j) {
-              const index_t q = t.queries.at(i), k = plan.blocks[static_cast<size_t>(b)].keys.at(j);
+            for (index_t j = 0; j < cp.plan.blocks[static_cast<size_t>(b)].keys.size(); ++j) {
+              ASSERT_LE(cp.plan.blocks[static_cast<size_t>(b)].keys.size(), cp.plan.tiles.key);
+              const index_t q = t.queries.at(i), k = cp.plan.blocks[static_cast<size_t>(b)].keys.at(j);
               ASSERT_TRUE(qf[static_cast<size_t>(q)] && kf[static_cast<size_t>(k)]);
               ++covered[static_cast<size_t>(q * n + k)];
             }

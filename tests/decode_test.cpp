@@ -262,7 +262,7 @@ TEST(Decode, PagedEqualsContiguousBitwise) {
 
 // The split planner: every tile's blocks are covered once, in order, by non-empty chunks of about
 // equal key count; costliest first; the automatic count follows the executor's concurrency.
-TEST(Decode, SplitPlanCoversEveryBlockOnce) {
+TEST(Decode, SplitPlanCoversEveryPieceOnce) {
   const SequenceLayout layout = SequenceLayout::images_then_text(3, 8, 8, 2000);
   const AttentionConfig mha = make_config(1, 1, 64), gqa = make_config(8, 2, 64);
   for (const index_t m : {index_t{1}, index_t{4}, index_t{100}}) {
@@ -274,29 +274,35 @@ TEST(Decode, SplitPlanCoversEveryBlockOnce) {
         SplitKvOptions options;
         options.splits = splits;
         const kernel::SplitPlan sp = kernel::plan_split_kv(plan, mha, workers, options);
-        std::vector<index_t> next(plan.query_tiles.size());
-        for (size_t t = 0; t < next.size(); ++t) next[t] = plan.query_tiles[t].block_begin;
+        std::vector<index_t> next(plan.query_tiles.size(), 0);  // the next piece each tile's chunks must start at
         std::vector<std::vector<kernel::KeyChunk>> by_tile(plan.query_tiles.size());
         for (const kernel::KeyChunk& c : sp.chunks) by_tile[static_cast<size_t>(c.tile)].push_back(c);
         for (size_t i = 1; i < sp.chunks.size(); ++i) EXPECT_GE(sp.chunks[i - 1].cost, sp.chunks[i].cost);
         for (size_t t = 0; t < by_tile.size(); ++t) {
           auto& cs = by_tile[t];
+          const QueryTile& tile = plan.query_tiles[t];
           std::sort(cs.begin(), cs.end(), [](auto& a, auto& b) { return a.slot < b.slot; });
           ASSERT_EQ(static_cast<index_t>(cs.size()), sp.tile_chunks[t]);
           index_t max_keys = 0, min_keys = 1 << 30;
           for (size_t s = 0; s < cs.size(); ++s) {
             EXPECT_EQ(cs[s].slot, static_cast<index_t>(s));
-            EXPECT_EQ(cs[s].block_begin, next[t]);
-            EXPECT_TRUE(cs[s].block_end > cs[s].block_begin || cs.size() == 1);
-            next[t] = cs[s].block_end;
-            const index_t keys = cs[s].cost / plan.query_tiles[t].queries.size();
-            max_keys = std::max(max_keys, keys), min_keys = std::min(min_keys, keys);
+            EXPECT_EQ(cs[s].pieces.begin, next[t]);
+            EXPECT_TRUE(cs[s].pieces.end > cs[s].pieces.begin || cs.size() == 1);
+            next[t] = cs[s].pieces.end;
+            index_t chunk_keys = 0;
+            plan.for_each_piece(tile, cs[s].pieces, [&](index_t, const KeyBlock& p) { chunk_keys += p.keys.size(); });
+            EXPECT_EQ(cs[s].cost, chunk_keys * tile.queries.size());
+            max_keys = std::max(max_keys, chunk_keys), min_keys = std::min(min_keys, chunk_keys);
           }
-          EXPECT_EQ(next[t], plan.query_tiles[t].block_end);
+          index_t pieces = 0;
+          for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
+            const index_t keys = plan.blocks[static_cast<size_t>(b)].keys.size();
+            pieces += (keys + plan.tiles.key - 1) / plan.tiles.key;
+          }
+          EXPECT_EQ(next[t], pieces);
           EXPECT_LE(max_keys - min_keys, 2 * plan.tiles.key);
           if (splits > 0) {
-            EXPECT_EQ(sp.tile_chunks[t],
-                      std::min(splits, plan.query_tiles[t].block_end - plan.query_tiles[t].block_begin));
+            EXPECT_EQ(sp.tile_chunks[t], std::min(splits, pieces));
           }
         }
         if (splits == 0 && m == 1) {

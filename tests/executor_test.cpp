@@ -216,9 +216,11 @@ TEST(PlanItemOrder, SharedTilesGoHeadByHeadAndOwnBlockTilesHeadsInARow) {
       for (index_t u = 0; u < tiles; ++u) {
         if (u == t) continue;
         const QueryTile& b = plan.query_tiles[static_cast<size_t>(u)];
-        for (index_t i = a.block_begin; i < a.block_end; ++i)
-          for (index_t j = b.block_begin; j < b.block_end; ++j)
-            if (plan.blocks[static_cast<size_t>(i)].keys == plan.blocks[static_cast<size_t>(j)].keys) return true;
+        bool same = false;  // a piece of each with the same keys: what a thread packs once for both
+        plan.for_each_piece(a, PieceRange{}, [&](index_t, const KeyBlock& x) {
+          plan.for_each_piece(b, PieceRange{}, [&](index_t, const KeyBlock& y) { same = same || x.keys == y.keys; });
+        });
+        if (same) return true;
       }
       return false;
     };

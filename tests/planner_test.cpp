@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -134,6 +135,8 @@ class PlanChecker {
     for (size_t t = 0; t < plan_.query_tiles.size(); ++t) {
       const QueryTile& tile = plan_.query_tiles[t];
       const TokenRect& qs = tile.queries;
+      std::mt19937 rng(static_cast<unsigned>(t));
+      check_piece_ranges(tile, rng, fail);
       std::fill(key_count.begin(), key_count.end(), 0);
       for (index_t b = tile.block_begin; b < tile.block_end; ++b) {
         const KeyBlock& block = plan_.blocks[static_cast<size_t>(b)];
@@ -142,8 +145,9 @@ class PlanChecker {
                                   std::to_string(qs.last()) + ") block " + std::to_string(b) + " (keys " +
                                   std::to_string(ks.first()) + ".." + std::to_string(ks.last()) + ", " +
                                   (block.full ? "full" : "partial") + ")";
-        if (ks.size() > plan_.tiles.key)
-          fail('e', where + " holds " + std::to_string(ks.size()) + " keys > tiles.key");
+        if (ks.size() > plan_.tiles.key && !(block.full && ks.rows == 1))
+          fail('e', where + " holds " + std::to_string(ks.size()) + " keys > tiles.key and is not a full run");
+        check_pieces(block, where, fail);
         const index_t key_segment = c_.layout.segment_index(ks.first());
         if (key_segment != block.key_segment)
           fail('g', where + " names key segment " + std::to_string(block.key_segment) + ", its keys are in " +
@@ -185,6 +189,48 @@ class PlanChecker {
     }
   }
 
+  // (e) the pieces a kernel runs a block as: at most tiles.key keys each, the block's keys in
+  // order, each piece whole tiles.key from the block's start but the last; and for_each_piece
+  // over a tile's sub-ranges visits exactly those pieces, in order.
+  template <class Fail>
+  void check_pieces(const KeyBlock& block, const std::string& where, Fail& fail) {
+    const index_t key = plan_.tiles.key, n = block.keys.size(), want = (n + key - 1) / key;
+    if (plan_.pieces(block) != want) fail('e', where + ": " + std::to_string(plan_.pieces(block)) + " pieces");
+    index_t i = 0;
+    for (index_t j = 0; j < plan_.pieces(block); ++j) {
+      const KeyBlock p = plan_.piece(block, j);
+      if (p.full != block.full || p.key_segment != block.key_segment || p.keys.size() != std::min(key, n - j * key))
+        fail('e', where + ": piece " + std::to_string(j) + " has the wrong size or class");
+      for (index_t x = 0; x < p.keys.size() && i < n; ++x, ++i)
+        if (p.keys.at(x) != block.keys.at(i)) fail('e', where + ": piece " + std::to_string(j) + " keys differ");
+    }
+    if (i != n) fail('e', where + ": pieces hold " + std::to_string(i) + " keys");
+  }
+
+  template <class Fail>
+  void check_piece_ranges(const QueryTile& tile, std::mt19937& rng, Fail& fail) {
+    std::vector<TokenRect> all;
+    for (index_t b = tile.block_begin; b < tile.block_end; ++b)
+      for (index_t j = 0; j < plan_.pieces(plan_.blocks[static_cast<size_t>(b)]); ++j)
+        all.push_back(plan_.piece(plan_.blocks[static_cast<size_t>(b)], j).keys);
+    const auto n = static_cast<index_t>(all.size());
+    if (plan_.pieces(tile) != n) fail('e', "a tile's piece count");
+    for (int trial = 0; trial < 3; ++trial) {
+      index_t a = std::uniform_int_distribution<index_t>(0, n)(rng), e = std::uniform_int_distribution<index_t>(0, n)(rng);
+      if (a > e) std::swap(a, e);
+      const PieceRange range = trial == 0 ? PieceRange{} : PieceRange{a, e};
+      const index_t first = trial == 0 ? 0 : a, last = trial == 0 ? n : e;
+      index_t at = first;
+      plan_.for_each_piece(tile, range, [&](index_t, const KeyBlock& p) {
+        if (at >= last || !(p.keys == all[static_cast<size_t>(at)]))
+          fail('e', "for_each_piece over [" + std::to_string(first) + ", " + std::to_string(last) + ") visits piece " +
+                        std::to_string(at) + " wrongly");
+        ++at;
+      });
+      if (at != last) fail('e', "for_each_piece stopped at " + std::to_string(at) + " of " + std::to_string(last));
+    }
+  }
+
   // (g) plan_stats against brute force, under the layout and rules the plan carries.
   template <class Fail>
   void check_stats(Fail& fail) {
@@ -211,7 +257,7 @@ class PlanChecker {
         const index_t pairs = tile.queries.size() * block.keys.size();
         computed_by[pair] += pairs;
         computed_total += pairs;
-        (block.full ? full_blocks : partial_blocks)[pair] += 1;
+        (block.full ? full_blocks : partial_blocks)[pair] += (block.keys.size() + plan_.tiles.key - 1) / plan_.tiles.key;
         if (block.full) full_by[pair] += pairs;
       }
     index_t allowed_total = 0;
@@ -284,7 +330,7 @@ const char* property_name(char p) {
 
 TEST(Planner, PropertiesOverRandomLayoutsPoliciesTilesAndRanges) {
   Failures failures;
-  int planned = 0;
+  int planned = 0, long_blocks = 0;
   std::map<std::string, int> families;
   for (int i = 0; i < kCases; ++i) {
     const PlanCase c = cases::random_plan_case(0x5eed0000u + static_cast<std::uint32_t>(i));
@@ -296,9 +342,11 @@ TEST(Planner, PropertiesOverRandomLayoutsPoliciesTilesAndRanges) {
     }
     ++planned;
     ++families[c.family];
+    for (const KeyBlock& b : plan.blocks) long_blocks += b.keys.size() > plan.tiles.key;
     PlanChecker(c, plan).run(failures);
   }
   EXPECT_EQ(planned, kCases);
+  EXPECT_GT(long_blocks, kCases / 10);  // runs longer than a key tile were drawn and checked
   for (const auto& [family, count] : families) EXPECT_GT(count, 10) << family;  // every family was drawn
   for (const auto& [p, entry] : failures.by_property)
     ADD_FAILURE() << (p == 'x' ? "make_plan" : property_name(p)) << ": failed in " << entry.first << " of " << kCases

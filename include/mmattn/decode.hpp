@@ -9,9 +9,10 @@
 // Chunked prefill is forward() with a plan over a query slice (PlanOptions::query_begin / query_end);
 // decode is the slice that ends at the layout's end. A step is planned once (DecodeStep) and run
 // by every layer. Grow the layout with SequenceLayout::extend_text, which lengthens the last text
-// segment: planning a step then visits each segment once and stores the key blocks it reads (one
-// per tiles.key keys, the kernel's work list), where a segment per token made it visit every
-// generated token's segment (bench/serving BM_DecodeStepPlan at 1, 1k and 32k generated tokens).
+// segment: planning a step then visits each segment once and stores a block per run of keys (a
+// run the query sees in full is one block however long: plan.hpp), where a segment per token made
+// it visit every generated token's segment (bench/serving BM_DecodeStepPlan at 1, 1k and 32k
+// generated tokens).
 
 #include <algorithm>
 #include <memory>

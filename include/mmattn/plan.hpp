@@ -3,8 +3,14 @@
 // full (every pair allowed, no mask work) or partial (masked by its segment pair's rule, which the
 // plan keeps: a block names its key segment, not a copy of the rule's geometry). Plans are built
 // by PlanBuilder (planner.hpp), which also fills the tiles' costs and the work order.
+//
+// A full block of one run of positions may hold more than tiles.key keys: the text a decode
+// step's query sees, a causal prefix. Stored once, it costs the planner the same however long the
+// run; the kernels run it in pieces of tiles.key keys (Plan::for_each_piece), and split-KV cuts a
+// tile's work at piece edges.
 
 #include <algorithm>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -20,6 +26,13 @@ struct KeyBlock {
   TokenRect keys;
   bool full = true;
   index_t key_segment = 0;  // the layout segment holding the keys
+};
+
+// Part of a query tile's work: its pieces [begin, end), counted from the tile's first block. A
+// block longer than tiles.key is a piece per tiles.key keys (the last may be shorter), any other
+// block one piece. The default is the whole tile.
+struct PieceRange {
+  index_t begin = 0, end = std::numeric_limits<index_t>::max();
 };
 
 struct QueryTile {
@@ -46,6 +59,34 @@ struct Plan {
     for (const QueryTile& t : query_tiles) n = std::max(n, t.queries.size());
     return n;
   }
+  // Pieces a block is run as; piece j of a block, a KeyBlock of at most tiles.key keys.
+  index_t pieces(const KeyBlock& block) const {
+    const index_t n = block.keys.size();
+    return n <= tiles.key ? 1 : (n + tiles.key - 1) / tiles.key;
+  }
+  KeyBlock piece(const KeyBlock& block, index_t j) const {
+    if (block.keys.size() <= tiles.key) return block;
+    const index_t first = j * tiles.key;  // a long block is one run of positions
+    return {TokenRect::span(block.keys.start + first, std::min(tiles.key, block.keys.cols - first)), block.full,
+            block.key_segment};
+  }
+  index_t pieces(const QueryTile& tile) const {
+    index_t n = 0;
+    for (index_t b = tile.block_begin; b < tile.block_end; ++b) n += pieces(blocks[static_cast<size_t>(b)]);
+    return n;
+  }
+  // f(block index, piece) for the pieces of `range` of a tile, in order.
+  template <class F>
+  void for_each_piece(const QueryTile& tile, PieceRange range, F&& f) const {
+    index_t p = 0;  // pieces before block b
+    for (index_t b = tile.block_begin; b < tile.block_end && p < range.end; ++b) {
+      const KeyBlock& block = blocks[static_cast<size_t>(b)];
+      const index_t n = pieces(block);
+      for (index_t j = std::max<index_t>(range.begin - p, 0); j < std::min(n, range.end - p); ++j) f(b, piece(block, j));
+      p += n;
+    }
+  }
+
   // The mask of a partial block: its tile's segment against its key segment.
   PairMask mask(const QueryTile& tile, const KeyBlock& block) const {
     MMATTN_REQUIRE(policy, "plan: a partial block in a plan without rules (blocks a caller chose must be full)");

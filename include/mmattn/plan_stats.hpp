@@ -21,7 +21,7 @@ struct RegionStats {
   index_t allowed_pairs = 0;   // (query, key) pairs the mask allows
   index_t computed_pairs = 0;  // pairs inside planned blocks: what the kernels compute
   index_t full_pairs = 0;      // of those, in full blocks (no mask work)
-  index_t full_blocks = 0, partial_blocks = 0;
+  index_t full_blocks = 0, partial_blocks = 0;  // as the kernels run them: a long block counts its pieces
 
   double efficiency() const { return computed_pairs ? double(allowed_pairs) / double(computed_pairs) : 1.0; }
 };
@@ -60,9 +60,11 @@ struct PlanStats {
 inline index_t workspace_bytes_per_thread(const Plan& plan, index_t head_dim) {
   std::set<std::array<index_t, 4>> distinct;
   index_t packed = 0;
-  for (const KeyBlock& b : plan.blocks)
-    if (distinct.insert({b.keys.start, b.keys.pitch, b.keys.rows, b.keys.cols}).second)
-      packed += kernel::PackedBlocks::block_floats(b.keys.size(), head_dim);
+  for (const QueryTile& t : plan.query_tiles)
+    plan.for_each_piece(t, PieceRange{}, [&](index_t, const KeyBlock& b) {
+      if (distinct.insert({b.keys.start, b.keys.pitch, b.keys.rows, b.keys.cols}).second)
+        packed += kernel::PackedBlocks::block_floats(b.keys.size(), head_dim);
+    });
   const auto bytes = static_cast<index_t>(sizeof(float));
   return kernel::Workspace::bytes(plan.tiles.query, plan.tiles.key, head_dim) +
          plan.tiles.key * static_cast<index_t>(sizeof(KeyRun)) +
@@ -88,14 +90,13 @@ inline PlanStats plan_stats(const Plan& plan, const SequenceLayout& layout, cons
     }
   }
   for (const QueryTile& tile : plan.query_tiles) {
-    for (index_t i = tile.block_begin; i < tile.block_end; ++i) {
-      const KeyBlock& block = plan.blocks[static_cast<size_t>(i)];
+    plan.for_each_piece(tile, PieceRange{}, [&](index_t, const KeyBlock& block) {
       RegionStats& rs = st.regions[static_cast<size_t>(region_of(layout, tile.segment, block.key_segment).index())];
       const index_t pairs = tile.queries.size() * block.keys.size();
       rs.computed_pairs += pairs;
       if (block.full) rs.full_pairs += pairs, ++rs.full_blocks;
       else ++rs.partial_blocks;
-    }
+    });
   }
   return st;
 }

@@ -100,10 +100,6 @@ inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, i
                             index_t end, std::vector<index_t> cuts, index_t key_tile, std::vector<KeyBlock>& blocks) {
   cuts.push_back(end);
   std::sort(cuts.begin(), cuts.end());
-  // Room for every span at once, growing geometrically (reserving the exact size on every call
-  // would copy the list each time).
-  const size_t needed = blocks.size() + static_cast<size_t>(std::max<index_t>(end - begin, 0) / key_tile) + cuts.size();
-  if (needed > blocks.capacity()) blocks.reserve(std::max(needed, 2 * blocks.capacity()));
   index_t k0 = begin;
   for (const index_t cut : cuts) {
     const index_t stop = std::min(cut, end);
@@ -112,13 +108,13 @@ inline void add_span_blocks(const PairMask::TileSets& q, const PairMask& mask, i
       const BlockCoverage c = mask.classify(q, keys);
       if (c != BlockCoverage::empty) blocks.push_back({keys, c == BlockCoverage::full, key_segment});
       k0 += keys.cols;
-      // Interval sets and a full block past the sinks: every later block ending before hi_min is
-      // full too (classify's own first test), so a long run of seen keys, a decode step's grown
-      // text, costs a store per block and no classification.
+      // Interval sets and a full block past the sinks: every later whole key_tile ending before
+      // hi_min is full too (classify's own first test), so the block grows over them, one block
+      // however long the run of seen keys (a decode step's grown text).
       if (c == BlockCoverage::full && q.intervals && keys.first() >= q.sink_max) {
-        const index_t full_end = std::min(stop, q.hi_min);
-        for (; k0 + key_tile <= full_end; k0 += key_tile)
-          blocks.push_back({TokenRect::span(k0, key_tile), true, key_segment});
+        const index_t more = std::max<index_t>(std::min(stop, q.hi_min) - k0, 0) / key_tile * key_tile;
+        blocks.back().keys = TokenRect::span(keys.start, keys.cols + more);
+        k0 += more;
       }
     }
   }
@@ -199,6 +195,10 @@ class PlanBuilder {
 
   // A tile whose blocks the caller chose, visited in the given order.
   void add_query_tile_with(const TokenRect& queries, index_t segment, const std::vector<KeyBlock>& blocks) {
+    for (const KeyBlock& b : blocks)  // the kernels' tiles hold tiles.key keys: only a run can be cut into them
+      MMATTN_REQUIRE(b.keys.size() <= plan_.tiles.key || (b.full && b.keys.rows == 1),
+                     "plan: a block of " + std::to_string(b.keys.size()) + " keys > tiles.key (" +
+                         std::to_string(plan_.tiles.key) + ") must be full and one run of positions");
     const auto first_block = static_cast<index_t>(plan_.blocks.size());
     plan_.blocks.insert(plan_.blocks.end(), blocks.begin(), blocks.end());
     plan_.query_tiles.push_back({queries, segment, first_block, static_cast<index_t>(plan_.blocks.size()), 0});

@@ -94,7 +94,7 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
       const index_t head = item / tiles;
       const Plan& plan = plans[static_cast<size_t>(head)];
       const QueryTile& tile = plan.query_tiles[static_cast<size_t>(plan.tile_order[static_cast<size_t>(item % tiles)])];
-      kernel::attend_tile(plan, tile, tile.block_begin, tile.block_end, head, config_, q, k, v, out, lse, ws);
+      kernel::attend_tile(plan, tile, PieceRange{}, head, config_, q, k, v, out, lse, ws);
     });
   }
 
@@ -166,9 +166,7 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
       }
       if (ti >= 0)
         for (index_t j = 0; j < sel.key_tiles; ++j)
-          if (sel.is_kept(ti, head, j))
-            blocks.push_back({key_tiles_[static_cast<size_t>(j)].keys, /*full=*/true,
-                              layout_.segment_index(key_tiles_[static_cast<size_t>(j)].keys.first())});
+          if (sel.is_kept(ti, head, j)) add_key_tile(key_tiles_[static_cast<size_t>(j)].keys, blocks);
       builder.add_query_tile_with(tile.queries, tile.segment, blocks);
     }
     return builder.finish();
@@ -242,6 +240,18 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
   }
 
   // The images each text tile's exact plan visits, read off its text->image blocks.
+  // A kept key tile as full blocks of at most tiles.key keys, what the kernels' tiles hold: the
+  // patch cut into rows, and rows wider than tiles.key into spans.
+  void add_key_tile(const TokenRect& patch, std::vector<KeyBlock>& blocks) const {
+    const index_t cols = std::min(patch.cols, plan_.tiles.key), rows = std::max<index_t>(1, plan_.tiles.key / cols);
+    const index_t segment = layout_.segment_index(patch.first());
+    for (index_t r0 = 0; r0 < patch.rows; r0 += rows)
+      for (index_t c0 = 0; c0 < patch.cols; c0 += cols)
+        blocks.push_back({{patch.start + r0 * patch.pitch + c0, patch.pitch, std::min(rows, patch.rows - r0),
+                           std::min(cols, patch.cols - c0)},
+                          /*full=*/true, segment});
+  }
+
   void find_visible_images() {
     std::vector<index_t> image_of_segment(static_cast<size_t>(layout_.num_segments()), -1);
     index_t images = 0;

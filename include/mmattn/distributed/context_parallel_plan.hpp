@@ -39,6 +39,7 @@
 #include "mmattn/config.hpp"
 #include "mmattn/plan.hpp"
 #include "mmattn/plan_stats.hpp"
+#include "mmattn/planner.hpp"
 #include "mmattn/token_rect.hpp"
 
 namespace mmattn {
@@ -112,7 +113,8 @@ inline const char* cp_split_name(CpSplit s) {
   return "?";
 }
 
-// Blocks [block_begin, block_end) of one query tile of the plan, computed on one rank (a rank may
+// Blocks [block_begin, block_end) of one query tile of the plan (whose blocks are the kernels'
+// pieces: ContextParallelPlan::plan), computed on one rank (a rank may
 // hold several items of one tile).
 struct CpWorkItem {
   index_t tile = 0;
@@ -134,7 +136,7 @@ struct RankWork {
 };
 
 struct ContextParallelPlan {
-  Plan plan;
+  Plan plan;  // the plan partitioned, each of the kernels' pieces a block
   CpSplit split = CpSplit::work_cut;  // the split made (never automatic)
   std::vector<RankWork> ranks;
 
@@ -339,13 +341,27 @@ inline double busiest_bytes(const ContextParallelPlan& cp, const CpRowBytes& row
   return exchange + back;
 }
 
+// The plan with every piece a block of its own: ranks take work in pieces, and a long block's
+// keys may lie in several shards.
+inline Plan pieces_as_blocks(const Plan& plan) {
+  PlanBuilder builder(plan.layout, plan.policy, plan.tiles, plan.query_begin, plan.query_end, plan.key_tokens);
+  std::vector<KeyBlock> blocks;
+  for (const QueryTile& tile : plan.query_tiles) {
+    blocks.clear();
+    plan.for_each_piece(tile, PieceRange{}, [&](index_t, const KeyBlock& piece) { blocks.push_back(piece); });
+    builder.add_query_tile_with(tile.queries, tile.segment, blocks);
+  }
+  return builder.finish();
+}
+
 }  // namespace detail
 
 // The R-rank split of a prefill plan (queries and keys both every position of its layout). Shard
 // r holds positions [shard_bounds[r], shard_bounds[r + 1]); empty bounds: even_shards. `bytes`
 // weighs the rows for CpSplit::automatic's choice (CpRowBytes(cfg, element_bytes) for the model's).
-inline ContextParallelPlan partition_plan(const Plan& plan, index_t ranks, CpSplit split = CpSplit::automatic,
+inline ContextParallelPlan partition_plan(const Plan& whole, index_t ranks, CpSplit split = CpSplit::automatic,
                                           std::vector<index_t> shard_bounds = {}, const CpRowBytes& bytes = {}) {
+  const Plan plan = detail::pieces_as_blocks(whole);
   const index_t n = plan.key_tokens;
   MMATTN_REQUIRE(plan.query_begin == 0 && plan.query_end == n,
                  "context parallel: the plan must cover every query of its layout (a prefill plan), got queries [" +

@@ -165,7 +165,7 @@ void compute_rank_partials(const ContextParallelPlan& cp, index_t r, const Atten
     const LseView lse = view_lse(group.lse.data(), span, heads);
     const QueryTile& tile = group.plan.query_tiles[work.tile];
     ws.packed_blocks.begin(call, cfg.kv_head_of(head));
-    kernel::attend_tile(group.plan, tile, tile.block_begin, tile.block_end, head, cfg, q, k, v, out, lse, ws);
+    kernel::attend_tile(group.plan, tile, PieceRange{}, head, cfg, q, k, v, out, lse, ws);
   });
   // Pack O and lse in the order of rank(r).queries.
   float* dst = partial;

@@ -15,8 +15,8 @@
 //  - Registers, not stores. P V keeps each accumulator packet in a register over kSubKeys keys: a
 //    load and store per FMA would bound the loop by store throughput.
 //
-// Same contract as attend_tile: Q and O rows are positions - plan.query_begin; the block sub-range
-// [block_begin, block_end) gives a partial result that merges exactly through its log-sum-exp.
+// Same contract as attend_tile: Q and O rows are positions - plan.query_begin; a part of the
+// tile's pieces gives a partial result that merges exactly through its log-sum-exp.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -366,7 +366,7 @@ void block_values(const VView& v, const TokenRect& keys, const RowMap* mask, ind
 }
 
 template <class Gemv, class QView, class KView, class VView, class TO>
-void attend_tile_all_heads_with(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
+void attend_tile_all_heads_with(const Plan& plan, const QueryTile& tile, PieceRange pieces,
                                 const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                                 const TensorView<TO>& out, const LseOut& lse, DecodeWorkspace& ws) {
   using Vec = Eigen::Map<Eigen::VectorXf>;
@@ -391,8 +391,7 @@ void attend_tile_all_heads_with(const Plan& plan, const QueryTile& tile, index_t
   // keep up; software prefetches then only cost issue slots (MHA, 16k: 88 -> 105 cycles).
   const bool prefetch = group_rows > 1;
 
-  for (index_t b = block_begin; b < block_end; ++b) {
-    const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+  plan.for_each_piece(tile, pieces, [&](index_t, const KeyBlock& block) {
     const TokenRect& keys = block.keys;
     const index_t n = keys.size();
     StridedRowMap scores(ws.scores.data(), rows, n, Eigen::OuterStride<>(padded_keys(n)));  // (heads * m, n)
@@ -421,7 +420,7 @@ void attend_tile_all_heads_with(const Plan& plan, const QueryTile& tile, index_t
       if (v_in_place) block_values<Gemv, true>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
     }
     if (!v_in_place) block_values<Gemv, false>(v, keys, mask, kv_heads, group_rows, dim, prefetch, ws, scores);
-  }
+  });
 
   for (index_t r = 0; r < rows; ++r) {
     const index_t head = r / m, token = tile.queries.at(r % m) - plan.query_begin;
@@ -435,18 +434,18 @@ void attend_tile_all_heads_with(const Plan& plan, const QueryTile& tile, index_t
 // All heads of a few-row tile (the contract above), on the row kernels of the active instruction
 // set: chosen once per tile, as attend_tile chooses its micro-kernels.
 template <class QView, class KView, class VView, class TO>
-void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end,
+void attend_tile_all_heads(const Plan& plan, const QueryTile& tile, PieceRange pieces,
                            const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                            const TensorView<TO>& out, const LseOut& lse, DecodeWorkspace& ws) {
   switch (active_isa()) {
 #if MMATTN_HAS_X86_KERNELS
     case Isa::kAvx512:
-      return attend_tile_all_heads_with<avx512::Gemv>(plan, tile, block_begin, block_end, cfg, q, k, v, out, lse, ws);
+      return attend_tile_all_heads_with<avx512::Gemv>(plan, tile, pieces, cfg, q, k, v, out, lse, ws);
     case Isa::kAvx2:
-      return attend_tile_all_heads_with<avx2::Gemv>(plan, tile, block_begin, block_end, cfg, q, k, v, out, lse, ws);
+      return attend_tile_all_heads_with<avx2::Gemv>(plan, tile, pieces, cfg, q, k, v, out, lse, ws);
 #endif
     default:
-      return attend_tile_all_heads_with<EigenGemv>(plan, tile, block_begin, block_end, cfg, q, k, v, out, lse, ws);
+      return attend_tile_all_heads_with<EigenGemv>(plan, tile, pieces, cfg, q, k, v, out, lse, ws);
   }
 }
 

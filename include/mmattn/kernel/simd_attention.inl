@@ -302,7 +302,7 @@ inline void store_output_row(float* o, index_t dim, index_t dim_p, float inv, TO
 
 // The micro-kernel twin of kernel::attend_tile (same contract); the caller has checked the ISA.
 template <class QView, class KView, class VView, class TO>
-void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
+void attend_tile(const Plan& plan, const QueryTile& tile, PieceRange pieces, index_t head,
                  const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                  const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
@@ -320,8 +320,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
   std::fill(row_max, row_max + rows_p, kNegInf);
   std::fill(row_sum, row_sum + rows_p, 0.0f);
 
-  for (index_t b = block_begin; b < block_end; ++b) {
-    const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+  plan.for_each_piece(tile, pieces, [&](index_t b, const KeyBlock& block) {
     const index_t keys = block.keys.size(), keys_p = round_up(keys, kWidth);
     const PackedBlocks::Block packed = pack_block(k, v, kv_head, block.keys, dim, ws);
     KeyRun* const spans = ws.group_spans(rows_p / Vec::kRows);
@@ -359,7 +358,7 @@ void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, i
       add_values(s, keys_p, clean, acc, rows_p, keys, dim_p, spans);
       add_nonfinite_rows(bad, s, keys_p, acc, dim_p, tile.queries, block.keys, plan.mask(tile, block));
     }
-  }
+  });
 
   for (index_t i = 0; i < rows; ++i) {
     const float inv = normaliser(row_sum[i]);

@@ -1,6 +1,6 @@
 #pragma once
 // Split-KV (FlashDecoding; ggml's third path): when a plan has too few work items to keep every
-// worker busy (decode: one tile of 1..few rows), each tile's key blocks are cut into chunks of
+// worker busy (decode: one tile of 1..few rows), each tile's keys are cut into chunks of
 // about equal key count, the chunks run in parallel into scratch partial outputs and log-sum-exps,
 // and the last chunk of a tile to finish merges them exactly (merge_row.hpp). Tiles of few rows run
 // all heads per item (decode_kernel.hpp), others head by head (attend_tile).
@@ -23,7 +23,7 @@
 namespace mmattn {
 
 struct SplitKvOptions {
-  // Key chunks per query tile (at most its block count); 0: chosen from the plan's cost and the
+  // Key chunks per query tile (at most its piece count); 0: chosen from the plan's cost and the
   // executor's concurrency, 1: never split.
   index_t splits = 0;
   // Automatic choice only: a chunk holds at least this many keys, so its fixed cost (a partial
@@ -40,10 +40,12 @@ namespace kernel {
 // the last one's tail under a quarter of a worker's share.
 inline constexpr index_t kItemsPerWorker = 4;
 
-// Blocks [block_begin, block_end) of one query tile; `slot` is its partial's index (0 when the
-// tile is not split and writes straight to the output).
+// Pieces of one query tile; `slot` is its partial's index (0 when the tile is not split and
+// writes straight to the output).
 struct KeyChunk {
-  index_t tile = 0, block_begin = 0, block_end = 0, slot = 0;
+  index_t tile = 0;
+  PieceRange pieces;
+  index_t slot = 0;
   index_t cost = 0;  // query rows x keys
 };
 
@@ -56,28 +58,26 @@ struct SplitPlan {
   index_t items_per_chunk(const AttentionConfig& cfg) const { return cfg.num_heads / heads_per_item; }
 };
 
-// Cuts blocks [b0, b1) into `count` runs of about equal key count, each at least one block.
-inline void cut_blocks(const Plan& plan, index_t tile, index_t b0, index_t b1, index_t count, index_t rows,
-                       std::vector<KeyChunk>& out) {
-  if (b0 == b1) return out.push_back({tile, b0, b1, 0, 0});  // sees nothing: one empty run writes zeros, -inf
+// Cuts tile t's pieces into `count` runs of about equal key count, each at least one piece
+// (count <= the tile's pieces).
+inline void cut_pieces(const Plan& plan, index_t t, index_t count, std::vector<KeyChunk>& out) {
+  const QueryTile& tile = plan.query_tiles[static_cast<size_t>(t)];
+  const index_t rows = tile.queries.size(), n = plan.pieces(tile);
+  if (n == 0) return out.push_back({t, {0, 0}, 0, 0});  // sees nothing: one empty run writes zeros, -inf
   index_t keys = 0;
-  for (index_t b = b0; b < b1; ++b) keys += plan.blocks[static_cast<size_t>(b)].keys.size();
-  index_t start = b0, seen = 0;
-  for (index_t c = 0; c < count; ++c) {
-    index_t end = start, chunk_keys = 0;
+  plan.for_each_piece(tile, PieceRange{}, [&](index_t, const KeyBlock& piece) { keys += piece.keys.size(); });
+  index_t c = 0, start = 0, p = 0, seen = 0, chunk_keys = 0;
+  plan.for_each_piece(tile, PieceRange{}, [&](index_t, const KeyBlock& piece) {
+    chunk_keys += piece.keys.size();
+    ++p;
+    if (c == count - 1) return;  // the last chunk takes the rest
     const index_t target = (c + 1) * keys / count;  // cumulative keys at this chunk's end
-    const index_t latest = b1 - (count - 1 - c);    // leave a block for every later chunk
-    do {
-      chunk_keys += plan.blocks[static_cast<size_t>(end)].keys.size();
-      ++end;
-    } while (end < latest && seen + chunk_keys < target);
-    if (c == count - 1) {
-      for (; end < b1; ++end) chunk_keys += plan.blocks[static_cast<size_t>(end)].keys.size();
-    }
-    out.push_back({tile, start, end, c, rows * chunk_keys});
-    seen += chunk_keys;
-    start = end;
-  }
+    const index_t latest = n - (count - 1 - c);     // leave a piece for every later chunk
+    if (p < latest && seen + chunk_keys < target) return;
+    out.push_back({t, {start, p}, c, rows * chunk_keys});
+    seen += chunk_keys, chunk_keys = 0, start = p, ++c;
+  });
+  out.push_back({t, {start, n}, c, rows * chunk_keys});
 }
 
 // The batch a plan runs in (batched_attention.hpp): every plan's computed pairs together, the sum
@@ -109,14 +109,14 @@ inline SplitPlan plan_split_kv(const Plan& plan, const AttentionConfig& cfg, int
   sp.tile_chunks.assign(static_cast<size_t>(tiles), 1);
   for (index_t t = 0; t < tiles; ++t) {
     const QueryTile& tile = plan.query_tiles[static_cast<size_t>(t)];
-    const index_t blocks = tile.block_end - tile.block_begin;
+    const index_t pieces = plan.pieces(tile);
     const index_t keys = tile.queries.size() > 0 ? tile.computed_pairs / tile.queries.size() : 0;
     index_t c = options.splits > 0 ? options.splits : 1;
     if (automatic) {
       const double share = double(wanted) / double(items_per_chunk) * double(tile.computed_pairs) / double(total_cost);
       c = std::min(static_cast<index_t>(std::ceil(share)), keys / options.min_keys_per_split);
     }
-    sp.tile_chunks[static_cast<size_t>(t)] = std::clamp<index_t>(c, 1, std::max<index_t>(blocks, 1));
+    sp.tile_chunks[static_cast<size_t>(t)] = std::clamp<index_t>(c, 1, std::max<index_t>(pieces, 1));
   }
 
   // Scratch: slots x [queries, heads, head_dim] partial outputs plus slots x [queries, heads] LSEs.
@@ -128,11 +128,7 @@ inline SplitPlan plan_split_kv(const Plan& plan, const AttentionConfig& cfg, int
     sp.slots = std::max(sp.slots, c);
   }
 
-  for (index_t t = 0; t < tiles; ++t) {
-    const QueryTile& tile = plan.query_tiles[static_cast<size_t>(t)];
-    cut_blocks(plan, t, tile.block_begin, tile.block_end, sp.tile_chunks[static_cast<size_t>(t)],
-               tile.queries.size(), sp.chunks);
-  }
+  for (index_t t = 0; t < tiles; ++t) cut_pieces(plan, t, sp.tile_chunks[static_cast<size_t>(t)], sp.chunks);
   std::stable_sort(sp.chunks.begin(), sp.chunks.end(),
                    [](const KeyChunk& a, const KeyChunk& b) { return a.cost > b.cost; });
   return sp;
@@ -193,10 +189,10 @@ class SplitKvItems {
     auto run_into = [&](const auto& o, const LseOut& l) {
       if (hpi > 1) {
         thread_local DecodeWorkspace ws;
-        attend_tile_all_heads(plan, tile, chunk.block_begin, chunk.block_end, cfg, q_, k_, v_, o, l, ws);
+        attend_tile_all_heads(plan, tile, chunk.pieces, cfg, q_, k_, v_, o, l, ws);
       } else {
         thread_local Workspace ws;
-        attend_tile(plan, tile, chunk.block_begin, chunk.block_end, which, cfg, q_, k_, v_, o, l, ws);
+        attend_tile(plan, tile, chunk.pieces, which, cfg, q_, k_, v_, o, l, ws);
       }
     };
     if (chunks == 1) return run_into(out_, lse_);

@@ -28,8 +28,8 @@ namespace mmattn::kernel {
 
 // The portable path of attend_tile: Eigen products, vectorised as far as the build's flags allow.
 template <class QView, class KView, class VView, class TO>
-void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
-                 const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
+void attend_tile_eigen(const Plan& plan, const QueryTile& tile, PieceRange pieces, index_t head,
+                       const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                  const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
   ws.reserve(rows, plan.tiles.key, dim);
@@ -38,8 +38,7 @@ void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_be
   const Eigen::Map<const RowMatrix> q_tile(ws.q.data(), rows, dim);  // (rows, dim)
   OnlineSoftmax softmax(ws.acc.data(), ws.row_max.data(), ws.row_sum.data(), rows, dim, scaling.exp_factor);
 
-  for (index_t b = block_begin; b < block_end; ++b) {
-    const KeyBlock& block = plan.blocks[static_cast<size_t>(b)];
+  plan.for_each_piece(tile, pieces, [&](index_t, const KeyBlock& block) {
     const index_t keys = block.keys.size();
     const ConstStridedRowMap k_block = key_rows(k, kv_head, block.keys, ws.k.data());  // (keys, dim)
     const ConstStridedRowMap v_block = key_rows(v, kv_head, block.keys, ws.v.data());  // (keys, dim)
@@ -59,7 +58,7 @@ void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_be
       add_nonfinite_rows(bad, scores.data(), keys, softmax.accumulator().data(), dim, tile.queries, block.keys,
                          plan.mask(tile, block));
     }
-  }
+  });
 
   softmax.finalize([&](index_t i, const auto& o_row, float row_max, float row_sum) {
     const index_t token = tile.queries.at(i) - plan.query_begin;
@@ -69,24 +68,24 @@ void attend_tile_eigen(const Plan& plan, const QueryTile& tile, index_t block_be
   });
 }
 
-// Runs one query tile of one head over its key blocks [block_begin, block_end) and writes its
-// normalised output rows and log-sum-exp. Q and O rows are positions - plan.query_begin; K and V
-// rows are positions. A sub-range of the blocks gives a partial result that merges exactly with
-// the others through its log-sum-exp (split-KV). The instruction set is chosen here, once per
+// Runs one query tile of one head over its key pieces `pieces` and writes its normalised output
+// rows and log-sum-exp. Q and O rows are positions - plan.query_begin; K and V rows are positions.
+// A part of the pieces gives a partial result that merges exactly with the others through its
+// log-sum-exp (split-KV). The instruction set is chosen here, once per
 // tile, from active_isa().
 template <class QView, class KView, class VView, class TO>
-void attend_tile(const Plan& plan, const QueryTile& tile, index_t block_begin, index_t block_end, index_t head,
+void attend_tile(const Plan& plan, const QueryTile& tile, PieceRange pieces, index_t head,
                  const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
                  const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   switch (active_isa()) {
 #if MMATTN_HAS_X86_KERNELS
     case Isa::kAvx512:
-      return avx512::attend_tile(plan, tile, block_begin, block_end, head, cfg, q, k, v, out, lse, ws);
+      return avx512::attend_tile(plan, tile, pieces, head, cfg, q, k, v, out, lse, ws);
     case Isa::kAvx2:
-      return avx2::attend_tile(plan, tile, block_begin, block_end, head, cfg, q, k, v, out, lse, ws);
+      return avx2::attend_tile(plan, tile, pieces, head, cfg, q, k, v, out, lse, ws);
 #endif
     default:
-      return attend_tile_eigen(plan, tile, block_begin, block_end, head, cfg, q, k, v, out, lse, ws);
+      return attend_tile_eigen(plan, tile, pieces, head, cfg, q, k, v, out, lse, ws);
   }
 }
 
@@ -106,7 +105,7 @@ void run_plan_item(const Plan& plan, index_t tile, index_t head, std::uint64_t c
   thread_local Workspace ws;
   ws.packed_blocks.begin(call, cfg.kv_head_of(head));
   const QueryTile& t = plan.query_tiles[static_cast<size_t>(tile)];
-  attend_tile(plan, t, t.block_begin, t.block_end, head, cfg, q, k, v, out, lse, ws);
+  attend_tile(plan, t, PieceRange{}, head, cfg, q, k, v, out, lse, ws);
 }
 
 // Which (query tile, head) a plan's item number runs, for items [0, tiles x heads): costliest tiles
@@ -120,17 +119,17 @@ void run_plan_item(const Plan& plan, index_t tile, index_t head, std::uint64_t c
 class PlanItemOrder {
  public:
   PlanItemOrder(const Plan& plan, index_t heads) : heads_(heads) {
-    std::vector<std::array<index_t, 4>> rects;
-    rects.reserve(plan.blocks.size());
-    for (const KeyBlock& b : plan.blocks) rects.push_back(key_of(b.keys));
+    std::vector<std::array<index_t, 4>> rects;  // every piece's keys: what a thread packs and keeps
+    for (const QueryTile& t : plan.query_tiles)
+      plan.for_each_piece(t, PieceRange{}, [&](index_t, const KeyBlock& piece) { rects.push_back(key_of(piece.keys)); });
     std::sort(rects.begin(), rects.end());
     auto shared = [&](const QueryTile& t) {
-      for (index_t b = t.block_begin; b < t.block_end; ++b) {
-        const auto key = key_of(plan.blocks[static_cast<size_t>(b)].keys);
-        const auto range = std::equal_range(rects.begin(), rects.end(), key);
-        if (range.second - range.first > 1) return true;
-      }
-      return false;
+      bool any = false;
+      plan.for_each_piece(t, PieceRange{}, [&](index_t, const KeyBlock& piece) {
+        const auto range = std::equal_range(rects.begin(), rects.end(), key_of(piece.keys));
+        any = any || range.second - range.first > 1;
+      });
+      return any;
     };
     for (const index_t t : plan.tile_order)
       (shared(plan.query_tiles[static_cast<size_t>(t)]) ? shared_ : private_).push_back(t);
