@@ -258,6 +258,20 @@ TEST(Validation, OutputDimStrideZeroOverlaps) {
   expect_rejected(c, "out: strides make elements overlap");
 }
 
+// An empty output has no elements to share an address, whatever its strides (a C or Python
+// caller's empty array may carry zero strides); a non-empty one with the same strides is refused.
+TEST(Validation, EmptyOutputAcceptsAnyStrides) {
+  float x = 0;
+  for (int axis = 0; axis < 3; ++axis) {
+    TensorView<float> o{&x, 4, 3, 8, 0, 0, 0};
+    (axis == 0 ? o.tokens : axis == 1 ? o.heads : o.head_dim) = 0;
+    EXPECT_EQ(error_message([&] { validate_view("out", o, /*is_output=*/true); }), "<no exception>") << axis;
+    o.tokens = 4, o.heads = 3, o.head_dim = 8;
+    EXPECT_TRUE(contains(error_message([&] { validate_view("out", o, /*is_output=*/true); }),
+                         "out: strides make elements overlap"));
+  }
+}
+
 // Inputs are only read: a broadcast (stride 0) key is legal and equals repeating the row.
 TEST(Validation, BroadcastInputIsAccepted) {
   Call c;

@@ -102,6 +102,7 @@ inline index_t checked_extent(const char* name, std::array<index_t, 3> extents, 
 
 // Outputs are written by several threads: two elements must never share an address.
 inline void require_no_overlap(const char* name, std::array<index_t, 3> extents, std::array<index_t, 3> strides) {
+  if (extents[0] == 0 || extents[1] == 0 || extents[2] == 0) return;  // no elements: any strides
   std::array<size_t, 3> order{0, 1, 2};
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return strides[a] < strides[b]; });
   index_t span = 1;  // elements covered by the faster-varying axes so far
