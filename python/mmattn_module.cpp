@@ -25,6 +25,7 @@
 
 #include "erased_attention.hpp"
 #include "mmattn/batched_attention.hpp"
+#include "mmattn/cascade.hpp"
 #include "mmattn/multimodal_attention.hpp"
 #include "mmattn/plan_stats.hpp"
 #include "mmattn/planner.hpp"
@@ -290,69 +291,107 @@ py::object decode_with(const py::object& q, const py::object& k, const py::objec
                          });
 }
 
-// The batched class as Python holds it. Sequences are (layout, policy) or (layout, policy,
-// query_begin, query_end) tuples.
+// Sequences as Python gives them: (layout, policy) or (layout, policy, query_begin, query_end) tuples.
+std::vector<mmattn::BatchSequence> sequences_of(const std::vector<py::tuple>& sequences) {
+  std::vector<mmattn::BatchSequence> seqs;
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const py::tuple& t = sequences[i];
+    MMATTN_REQUIRE(t.size() == 2 || t.size() == 4, "batch: sequence " + std::to_string(i) +
+                                                       " must be (layout, policy) or (layout, policy, "
+                                                       "query_begin, query_end), got " +
+                                                       std::to_string(t.size()) + " items");
+    mmattn::BatchSequence s{t[0].cast<mmattn::SequenceLayout>(), t[1].cast<mmattn::RegionPolicy>()};
+    if (t.size() == 4) {
+      s.query_begin = t[2].cast<index_t>();
+      s.query_end = t[3].is_none() ? -1 : t[3].cast<index_t>();
+    }
+    seqs.push_back(std::move(s));
+  }
+  return seqs;
+}
+
+// One K or V cache per sequence of `batch`: `arg` a list of caches (contiguous, or paged pools with
+// `block_tables`), or one paged pool shared by every sequence's table. `contiguous` keeps the
+// tables of contiguous caches alive (one per sequence).
+std::vector<bindings::ErasedPagedCache> caches_of(const mmattn::BatchedAttention& batch, const py::object& arg,
+                                                  const char* name, const py::object& block_tables,
+                                                  std::vector<std::vector<std::int32_t>>& contiguous) {
+  const index_t n = batch.num_sequences();
+  std::vector<py::object> tables(static_cast<size_t>(n), py::none());
+  if (!block_tables.is_none()) {
+    const auto list = block_tables.cast<std::vector<py::object>>();
+    MMATTN_REQUIRE(static_cast<index_t>(list.size()) == n, "block_tables: holds " + std::to_string(list.size()) +
+                                                               " tables but the batch has " + std::to_string(n) +
+                                                               " sequences");
+    tables = list;
+  }
+  const bool per_sequence = py::isinstance<py::list>(arg) || py::isinstance<py::tuple>(arg);
+  const auto list = per_sequence ? arg.cast<std::vector<py::object>>() : std::vector<py::object>{};
+  MMATTN_REQUIRE(!per_sequence || static_cast<index_t>(list.size()) == n,
+                 std::string(name) + ": holds " + std::to_string(list.size()) + " caches but the batch has " +
+                     std::to_string(n) + " sequences");
+  MMATTN_REQUIRE(per_sequence || !block_tables.is_none(),
+                 std::string(name) + ": one array for every sequence is a shared paged pool and needs "
+                                     "block_tables; otherwise pass a list of caches");
+  contiguous.assign(static_cast<size_t>(n), {});
+  std::vector<bindings::ErasedPagedCache> caches;
+  for (index_t i = 0; i < n; ++i) {
+    const auto at = static_cast<size_t>(i);
+    const std::string who = std::string(name) + "[" + std::to_string(i) + "]";
+    caches.push_back(cache_of(per_sequence ? list[at] : arg, who.c_str(), tables[at], batch.plan(i).key_tokens,
+                              contiguous[at]));
+  }
+  return caches;
+}
+
+// The batched class as Python holds it.
 struct Batch {
   mmattn::BatchedAttention batch;
 
   static Batch make(const std::vector<py::tuple>& sequences, index_t num_heads, std::optional<index_t> num_kv_heads,
                     index_t head_dim, std::optional<float> scale, int threads) {
     MMATTN_REQUIRE(threads >= 0, "threads must be >= 0 (0: OpenMP's default), got " + std::to_string(threads));
-    std::vector<mmattn::BatchSequence> seqs;
-    for (size_t i = 0; i < sequences.size(); ++i) {
-      const py::tuple& t = sequences[i];
-      MMATTN_REQUIRE(t.size() == 2 || t.size() == 4, "batch: sequence " + std::to_string(i) +
-                                                         " must be (layout, policy) or (layout, policy, "
-                                                         "query_begin, query_end), got " +
-                                                         std::to_string(t.size()) + " items");
-      mmattn::BatchSequence s{t[0].cast<mmattn::SequenceLayout>(), t[1].cast<mmattn::RegionPolicy>()};
-      if (t.size() == 4) {
-        s.query_begin = t[2].cast<index_t>();
-        s.query_end = t[3].is_none() ? -1 : t[3].cast<index_t>();
-      }
-      seqs.push_back(std::move(s));
-    }
     const mmattn::AttentionConfig cfg{num_heads, num_kv_heads.value_or(num_heads), head_dim, scale};
-    return {mmattn::BatchedAttention(cfg, seqs, {}, mmattn::Executor::openmp(threads))};
+    return {mmattn::BatchedAttention(cfg, sequences_of(sequences), {}, mmattn::Executor::openmp(threads))};
   }
 
-  // k, v: a list of one cache per sequence, or one paged pool shared by every sequence's table.
   py::object forward(const py::object& q, const py::object& k, const py::object& v, const py::object& block_tables,
                      const py::object& out, bool return_lse, bool split_kv) const {
-    const index_t n = batch.num_sequences();
     const bindings::ErasedTensor tq = tensor_of(q, "q", false);
-    std::vector<py::object> tables(static_cast<size_t>(n), py::none());
-    if (!block_tables.is_none()) {
-      const auto list = block_tables.cast<std::vector<py::object>>();
-      MMATTN_REQUIRE(static_cast<index_t>(list.size()) == n, "block_tables: holds " + std::to_string(list.size()) +
-                                                                 " tables but the batch has " + std::to_string(n) +
-                                                                 " sequences");
-      tables = list;
-    }
-    std::vector<std::vector<std::int32_t>> contiguous(2 * static_cast<size_t>(n));
-    auto caches = [&](const py::object& arg, const char* name, size_t slot) {
-      std::vector<bindings::ErasedPagedCache> out_caches;
-      const bool per_sequence = py::isinstance<py::list>(arg) || py::isinstance<py::tuple>(arg);
-      const auto list = per_sequence ? arg.cast<std::vector<py::object>>() : std::vector<py::object>{};
-      MMATTN_REQUIRE(!per_sequence || static_cast<index_t>(list.size()) == n,
-                     std::string(name) + ": holds " + std::to_string(list.size()) + " caches but the batch has " +
-                         std::to_string(n) + " sequences");
-      MMATTN_REQUIRE(per_sequence || !block_tables.is_none(),
-                     std::string(name) + ": one array for every sequence is a shared paged pool and needs "
-                                         "block_tables; otherwise pass a list of caches");
-      for (index_t i = 0; i < n; ++i) {
-        const auto at = static_cast<size_t>(i);
-        const std::string who = std::string(name) + "[" + std::to_string(i) + "]";
-        out_caches.push_back(cache_of(per_sequence ? list[at] : arg, who.c_str(), tables[at],
-                                      batch.plan(i).key_tokens, contiguous[slot + at]));
-      }
-      return out_caches;
-    };
-    const std::vector<bindings::ErasedPagedCache> ck = caches(k, "k", 0), cv = caches(v, "v", static_cast<size_t>(n));
+    std::vector<std::vector<std::int32_t>> k_tables, v_tables;
+    const auto ck = caches_of(batch, k, "k", block_tables, k_tables), cv = caches_of(batch, v, "v", block_tables, v_tables);
     const mmattn::AttentionConfig& cfg = batch.config();
     return run_into_output(out, tq, cfg.num_heads, cfg.head_dim, return_lse,
                            [&](const bindings::ErasedTensor& to, const mmattn::LseView& lse) {
                              bindings::batched_forward(batch, tq, ck, cv, to, lse, split_kv);
+                           });
+  }
+};
+
+// The cascade class as Python holds it: sequences as Batch's, sharing their first prefix_tokens K/V.
+struct Cascade {
+  mmattn::CascadeAttention cascade;
+
+  static Cascade make(const std::vector<py::tuple>& sequences, index_t prefix_tokens, index_t num_heads,
+                      std::optional<index_t> num_kv_heads, index_t head_dim, std::optional<float> scale, int threads) {
+    MMATTN_REQUIRE(threads >= 0, "threads must be >= 0 (0: OpenMP's default), got " + std::to_string(threads));
+    const mmattn::AttentionConfig cfg{num_heads, num_kv_heads.value_or(num_heads), head_dim, scale};
+    return {mmattn::CascadeAttention(cfg, prefix_tokens, sequences_of(sequences), {},
+                                     mmattn::Executor::openmp(threads))};
+  }
+
+  py::object forward(const py::object& q, const py::object& prefix_k, const py::object& prefix_v, const py::object& k,
+                     const py::object& v, const py::object& block_tables, const py::object& out,
+                     bool return_lse) const {
+    const bindings::ErasedTensor tq = tensor_of(q, "q", false), pk = tensor_of(prefix_k, "prefix_k", false),
+                                 pv = tensor_of(prefix_v, "prefix_v", false);
+    std::vector<std::vector<std::int32_t>> k_tables, v_tables;
+    const mmattn::BatchedAttention& batch = cascade.suffixes();
+    const auto ck = caches_of(batch, k, "k", block_tables, k_tables), cv = caches_of(batch, v, "v", block_tables, v_tables);
+    const mmattn::AttentionConfig& cfg = batch.config();
+    return run_into_output(out, tq, cfg.num_heads, cfg.head_dim, return_lse,
+                           [&](const bindings::ErasedTensor& to, const mmattn::LseView& lse) {
+                             bindings::cascade_forward(cascade, tq, pk, pv, ck, cv, to, lse);
                            });
   }
 };
@@ -612,6 +651,24 @@ PYBIND11_MODULE(mmattn, m) {
              MMATTN_REQUIRE(i >= 0 && i < b.batch.num_sequences(), "batch: no sequence " + std::to_string(i));
              return b.batch.keys_read(i);
            }, py::arg("sequence"));
+
+  py::class_<Cascade>(m, "CascadeAttention",
+                      "Sequences (as BatchedAttention's) whose first prefix_tokens K/V rows are the same (one image "
+                      "and system prompt, many requests): every query attends to that prefix in one product, then "
+                      "to its own suffix, merged exactly. Every query must see the whole prefix.")
+      .def(py::init(&Cascade::make), py::arg("sequences"), py::kw_only(), py::arg("prefix_tokens"),
+           py::arg("num_heads"), py::arg("num_kv_heads") = py::none(), py::arg("head_dim"),
+           py::arg("scale") = py::none(), py::arg("threads") = 0)
+      .def("forward", &Cascade::forward, py::arg("q"), py::arg("prefix_k"), py::arg("prefix_v"), py::arg("k"),
+           py::arg("v"), py::kw_only(), py::arg("block_tables") = py::none(), py::arg("out") = py::none(),
+           py::arg("return_lse") = false,
+           "q: [total_queries, heads, head_dim]; prefix_k, prefix_v: [prefix_tokens, kv_heads, head_dim]; k, v: "
+           "each sequence's cache as BatchedAttention.forward takes them, of which only positions >= "
+           "prefix_tokens are read.")
+      .def_property_readonly("prefix_tokens", [](const Cascade& c) { return c.cascade.prefix_tokens(); })
+      .def_property_readonly("query_offsets", [](const Cascade& c) { return c.cascade.query_offsets(); })
+      .def_property_readonly("total_queries", [](const Cascade& c) { return c.cascade.total_queries(); })
+      .def_property_readonly("num_sequences", [](const Cascade& c) { return c.cascade.num_sequences(); });
 
   m.def("safe_chunk_ends", &mmattn::safe_chunk_ends, py::arg("layout"), py::arg("policy"), py::arg("max_chunk"),
         "Chunk ends for chunked prefill where every chunk is exact (never reads a key not written yet).");

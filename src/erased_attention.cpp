@@ -104,18 +104,25 @@ void decode(const AttentionConfig& cfg, const DecodeStep& step, const ErasedTens
   });
 }
 
+namespace {
+
+// Every cache of a batch holds one element type: one instantiation per call.
+void require_one_type(const char* who, const char* name, const std::vector<ErasedPagedCache>& caches) {
+  MMATTN_REQUIRE(!caches.empty(), std::string(who) + ": no " + name + " caches");
+  for (size_t i = 0; i < caches.size(); ++i)
+    MMATTN_REQUIRE(caches[i].type == caches[0].type,
+                   std::string(who) + ": " + name + " of sequence " + std::to_string(i) + " is " +
+                       element_type_name(caches[i].type) + " but sequence 0's is " +
+                       element_type_name(caches[0].type));
+}
+
+}  // namespace
+
 void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
                      const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse,
                      bool split_kv) {
-  MMATTN_REQUIRE(!k.empty() && !v.empty(), "batch: no K/V caches");
-  for (size_t i = 0; i < k.size(); ++i)
-    MMATTN_REQUIRE(k[i].type == k[0].type, "batch: k of sequence " + std::to_string(i) + " is " +
-                                               element_type_name(k[i].type) + " but sequence 0's is " +
-                                               element_type_name(k[0].type));
-  for (size_t i = 0; i < v.size(); ++i)
-    MMATTN_REQUIRE(v[i].type == v[0].type, "batch: v of sequence " + std::to_string(i) + " is " +
-                                               element_type_name(v[i].type) + " but sequence 0's is " +
-                                               element_type_name(v[0].type));
+  require_one_type("batch", "k", k);
+  require_one_type("batch", "v", v);
   require_supported_mix(q.type, k[0].type, v[0].type, out.type);
   with_types(q.type, k[0].type, [&](auto qo_type, auto kv_type) {
     using TQ = typename decltype(qo_type)::type;
@@ -128,6 +135,28 @@ void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const
       batch.forward_split_kv(tq, batch.query_offsets(), kv_k, kv_v, typed<TQ>(out), lse);
     else
       batch.forward(tq, batch.query_offsets(), kv_k, kv_v, typed<TQ>(out), lse);
+  });
+}
+
+void cascade_forward(const CascadeAttention& cascade, const ErasedTensor& q, const ErasedTensor& prefix_k,
+                     const ErasedTensor& prefix_v, const std::vector<ErasedPagedCache>& k,
+                     const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse) {
+  require_one_type("cascade", "k", k);
+  require_one_type("cascade", "v", v);
+  MMATTN_REQUIRE(prefix_k.type == k[0].type && prefix_v.type == v[0].type,
+                 std::string("cascade: the prefix's k/v are ") + element_type_name(prefix_k.type) + "/" +
+                     element_type_name(prefix_v.type) + " but the sequences' are " + element_type_name(k[0].type) +
+                     "/" + element_type_name(v[0].type));
+  require_supported_mix(q.type, k[0].type, v[0].type, out.type);
+  with_types(q.type, k[0].type, [&](auto qo_type, auto kv_type) {
+    using TQ = typename decltype(qo_type)::type;
+    using TKV = typename decltype(kv_type)::type;
+    std::vector<PagedKVView<const TKV>> kv_k, kv_v;
+    for (const ErasedPagedCache& c : k) kv_k.push_back(typed<TKV>(c));
+    for (const ErasedPagedCache& c : v) kv_v.push_back(typed<TKV>(c));
+    cascade.forward(TensorView<const TQ>(typed<TQ>(q)), cascade.query_offsets(),
+                    TensorView<const TKV>(typed<TKV>(prefix_k)), TensorView<const TKV>(typed<TKV>(prefix_v)), kv_k,
+                    kv_v, typed<TQ>(out), lse);
   });
 }
 

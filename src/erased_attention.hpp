@@ -13,6 +13,7 @@
 
 #include "mmattn/attention_config.hpp"
 #include "mmattn/batched_attention.hpp"
+#include "mmattn/cascade.hpp"
 #include "mmattn/decode.hpp"
 #include "mmattn/executor.hpp"
 #include "mmattn/layout.hpp"
@@ -73,5 +74,12 @@ void decode(const AttentionConfig& cfg, const DecodeStep& step, const ErasedTens
 void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
                      const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse,
                      bool split_kv);
+
+// cascade.forward over packed Q/O: the shared prefix's K/V as [prefix_tokens, kv_heads, head_dim]
+// tensors, each sequence's suffix from its own caches (positions >= prefix_tokens read); the
+// prefix, k and v all of one element type.
+void cascade_forward(const CascadeAttention& cascade, const ErasedTensor& q, const ErasedTensor& prefix_k,
+                     const ErasedTensor& prefix_v, const std::vector<ErasedPagedCache>& k,
+                     const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse);
 
 }  // namespace mmattn::bindings

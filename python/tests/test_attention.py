@@ -281,6 +281,58 @@ def test_batched_sequences(paged_cache, split_kv):
         batch.forward(q, ks[:3], vs)
 
 
+@pytest.mark.parametrize("paged_cache,decode", [(False, True), (True, True), (True, False)])
+def test_cascade_shares_a_prefix(paged_cache, decode):
+    """Sequences sharing an image prefix, each with its own text suffix (different lengths and
+    presets that see the whole prefix), decoding or prefilling their suffixes: each sequence's
+    rows against torch over its whole cache. The sequences' own caches hold NaN in the prefix
+    rows, which the cascade must never read; the prefix K/V come separately."""
+    rng = np.random.default_rng([13, int(paged_cache), int(decode)])
+    heads, kv_heads, dim, block = 6, 2, 16, 4
+    prefix_spec = [("image", 5, 6), ("text", 3)]
+    prefix = sum(s.length for s in segments_of(prefix_spec))
+    entries = []
+    for i, name in enumerate(["structured", "decoder_causal", "gemma3_global", "structured", "decoder_causal"]):
+        spec = prefix_spec + [("text", int(rng.integers(1, 12)))]
+        n = sum(s.length for s in segments_of(spec))
+        entries.append((spec, random_preset(name, rng), n, n - 1 if decode else prefix))
+    sequences = [(build_layout(mmattn, spec), p.policy(mmattn), b, None) for spec, p, n, b in entries]
+    cascade = mmattn.CascadeAttention(sequences, prefix_tokens=prefix, num_heads=heads, num_kv_heads=kv_heads,
+                                      head_dim=dim, threads=2)
+    assert cascade.prefix_tokens == prefix and cascade.num_sequences == len(entries)
+    offsets = cascade.query_offsets
+    q = rng.standard_normal((cascade.total_queries, heads, dim)).astype(np.float32)
+    shared_k = rng.standard_normal((prefix, kv_heads, dim)).astype(np.float32)
+    shared_v = rng.standard_normal((prefix, kv_heads, dim)).astype(np.float32)
+    ks, vs = [], []
+    for _, _, n, _ in entries:
+        ks.append(np.concatenate([shared_k, rng.standard_normal((n - prefix, kv_heads, dim)).astype(np.float32)]))
+        vs.append(np.concatenate([shared_v, rng.standard_normal((n - prefix, kv_heads, dim)).astype(np.float32)]))
+    own_k = [np.where(np.arange(len(k))[:, None, None] < prefix, np.nan, k).astype(np.float32) for k in ks]
+    own_v = [np.where(np.arange(len(v))[:, None, None] < prefix, np.nan, v).astype(np.float32) for v in vs]
+    if paged_cache:
+        tables = [rng.permutation(-(-len(k) // block) + 1)[:-(-len(k) // block)].astype(np.int32) for k in own_k]
+        pk = [paged(k, block, t) for k, t in zip(own_k, tables)]
+        pv = [paged(v, block, t) for v, t in zip(own_v, tables)]
+        out, lse = cascade.forward(q, shared_k, shared_v, pk, pv, block_tables=tables, return_lse=True)
+    else:
+        out, lse = cascade.forward(q, shared_k, shared_v, own_k, own_v, return_lse=True)
+    assert lse.shape == (cascade.total_queries, heads) and np.isfinite(lse).all()
+    for i, (spec, preset, n, begin) in enumerate(entries):
+        rows = slice(offsets[i], offsets[i + 1])
+        ref = torch_attention(q[rows], ks[i], vs[i], preset.mask(segments_of(spec), n, begin, n), 1 / np.sqrt(dim))
+        assert max_relative_error(out[rows], ref) <= FP32_BOUND, f"sequence {i} ({preset.name})"
+    with pytest.raises(mmattn.Error, match="prefix_k holds 3 tokens but the shared prefix has"):
+        cascade.forward(q, shared_k[:3], shared_v[:3], own_k, own_v)
+
+
+def test_cascade_refuses_a_query_that_cannot_see_the_prefix():
+    layout = mmattn.Layout().add_image(4, 4).add_text(8)
+    policy = mmattn.Policy.structured()
+    with pytest.raises(mmattn.Error, match="cascade: sequence 0: its queries start at 10, inside the shared prefix"):
+        mmattn.CascadeAttention([(layout, policy, 10, None)], prefix_tokens=12, num_heads=2, head_dim=8)
+
+
 def test_bf16_convention_matches_torch():
     x = np.random.default_rng(3).standard_normal(1000).astype(np.float32) * 100
     x[:4] = [0.0, -0.0, np.inf, 1.0 + 2.0**-8]  # 1 + 2^-8 rounds to even: 1.0
