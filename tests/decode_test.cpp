@@ -262,6 +262,42 @@ TEST(Decode, PagedEqualsContiguousBitwise) {
 
 // The split planner: every tile's blocks are covered once, in order, by non-empty chunks of about
 // equal key count; costliest first; the automatic count follows the executor's concurrency.
+// A chunk of many rows (attend_tile, a head per item) whose keys are a long causal run: forced
+// splits cut inside the run's block, and every split gives the reference's rows and LSEs.
+TEST(Decode, SplitsInsideALongBlockMatchTheReference) {
+  const SequenceLayout layout = SequenceLayout::images_then_text(2, 5, 5, 700);
+  const RegionPolicy policy = RegionPolicy::structured();
+  const AttentionConfig cfg = make_config(4, 2, 32);
+  const index_t n = layout.size(), q0 = n - 100;
+  const Buffers b = make_qkv(cfg, 100, n, 77);
+  const Result ref = run_reference(cfg, b, MaskPredicate{&layout, &policy}, q0);
+  PlanOptions options;
+  options.query_begin = q0;
+  options.tiles.key = 48, options.tiles.query = 64;
+  const Executor serial16 = Executor::custom(
+      [](index_t items, const Executor::Body& body) {
+        for (index_t i = 0; i < items; ++i) body(i);
+      },
+      16);
+  const MultimodalAttention<float> attention(cfg, layout, policy, options, serial16);
+  const Plan& plan = attention.plan();
+  index_t longest = 0;
+  for (const KeyBlock& block : plan.blocks) longest = std::max(longest, block.keys.size());
+  ASSERT_GT(longest, 4 * plan.tiles.key);
+  for (const index_t splits : {0, 1, 2, 3, 5, 7, 13, 100}) {
+    SCOPED_TRACE("splits " + std::to_string(splits));
+    SplitKvOptions split;
+    split.splits = splits;
+    split.min_keys_per_split = 8;
+    ASSERT_EQ(kernel::plan_split_kv(plan, cfg, 16, split).heads_per_item, 1);
+    Tensor out(100, cfg.num_heads, cfg.head_dim);
+    Lse lse(100, cfg.num_heads);
+    attention.forward_split_kv(b.q.cview(), b.k.cview(), b.v.cview(), out.view, lse.view, split);
+    EXPECT_LE(max_relative_error(out, ref.out), 1e-5);
+    EXPECT_LE(max_lse_error(lse, ref.lse), 1e-5);
+  }
+}
+
 TEST(Decode, SplitPlanCoversEveryPieceOnce) {
   const SequenceLayout layout = SequenceLayout::images_then_text(3, 8, 8, 2000);
   const AttentionConfig mha = make_config(1, 1, 64), gqa = make_config(8, 2, 64);

@@ -528,6 +528,21 @@ TEST(Planner, BuilderKeepsGivenBlocksAndOrdersTilesByCost) {
   EXPECT_EQ(plan.key_tokens, 40);
   PlanBuilder no_rules(layout, /*policy=*/nullptr, TileSizes{8, 8}, 0, 40, 40);
   EXPECT_TRUE(contains(error_message([&] { no_rules.add_query_tile(TokenRect::span(0, 8), 0); }), "without rules"));
+  // Longer than tiles.key: only a full run of positions, which the kernels cut into pieces.
+  no_rules.add_query_tile_with(TokenRect::span(0, 8), 0, {{TokenRect::span(0, 20), true, 0}});
+  const std::string refused = "keys > tiles.key (8) must be full and one run of positions";
+  EXPECT_TRUE(contains(error_message([&] {
+    no_rules.add_query_tile_with(TokenRect::span(0, 8), 0, {{TokenRect::span(0, 20), false, 0}});
+  }), refused));
+  EXPECT_TRUE(contains(error_message([&] {
+    no_rules.add_query_tile_with(TokenRect::span(0, 8), 0, {{TokenRect{0, 10, 2, 5}, true, 0}});
+  }), refused));
+  // A plan filled by hand is refused where its pieces are counted, before a kernel runs it.
+  Plan by_hand = no_rules.finish();
+  EXPECT_EQ(by_hand.pieces(by_hand.blocks[0]), 3);
+  by_hand.blocks[0].full = false;
+  EXPECT_TRUE(contains(error_message([&] { by_hand.pieces(by_hand.query_tiles[0]); }),
+                       "keys > tiles.key must be full and one run of positions"));
 }
 
 // One default tile size: what a plan gets without options is what the kernels are built for.

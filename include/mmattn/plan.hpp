@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <limits>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mmattn/config.hpp"
@@ -62,7 +63,12 @@ struct Plan {
   // Pieces a block is run as; piece j of a block, a KeyBlock of at most tiles.key keys.
   index_t pieces(const KeyBlock& block) const {
     const index_t n = block.keys.size();
-    return n <= tiles.key ? 1 : (n + tiles.key - 1) / tiles.key;
+    if (n <= tiles.key) return 1;
+    // PlanBuilder refuses other long blocks; a plan filled by hand must not bring one either (a
+    // piece is a span, and a partial block's mask runs are kept per block, not per piece).
+    MMATTN_REQUIRE(block.full && block.keys.rows == 1, "plan: a block of " + std::to_string(n) +
+                                                           " keys > tiles.key must be full and one run of positions");
+    return (n + tiles.key - 1) / tiles.key;
   }
   KeyBlock piece(const KeyBlock& block, index_t j) const {
     if (block.keys.size() <= tiles.key) return block;

@@ -208,11 +208,14 @@ inline std::string plan_report(const Plan& plan, const SequenceLayout& layout, c
   out += "\ntiles:\n";
   detail::TextTable tiles({false, true, false});
   tiles.row({"tile sizes", std::to_string(plan.tiles.query) + " x " + std::to_string(plan.tiles.key),
-             "(query rows x keys per block)"});
+             "(query rows x keys per piece)"});
   tiles.row({"query tiles", std::to_string(plan.query_tiles.size()), ""});
+  index_t pieces = 0;  // what the kernels run: a long run of keys is a piece per tiles.key keys
+  for (const QueryTile& t : plan.query_tiles) pieces += plan.pieces(t);
   tiles.row({"blocks", std::to_string(plan.blocks.size()),
              "(" + std::to_string(full_blocks) + " full, " + std::to_string(plan.blocks.size() - size_t(full_blocks)) +
-                 " partial)"});
+                 " partial; run as " + std::to_string(pieces) + " pieces of at most " +
+                 std::to_string(plan.tiles.key) + " keys)"});
   tiles.row({"workspace", std::to_string(all_threads) + " bytes",
              "(" + std::to_string(per_thread) + " per thread x " + std::to_string(std::max(threads, 1)) + " threads, " +
                  format("%.2f", double(all_threads) / (1024.0 * 1024.0)) + " MiB)"});

@@ -239,7 +239,6 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
     image_first_tile_.push_back(static_cast<index_t>(key_tiles_.size()));
   }
 
-  // The images each text tile's exact plan visits, read off its text->image blocks.
   // A kept key tile as full blocks of at most tiles.key keys, what the kernels' tiles hold: the
   // patch cut into rows, and rows wider than tiles.key into spans.
   void add_key_tile(const TokenRect& patch, std::vector<KeyBlock>& blocks) const {
@@ -252,6 +251,7 @@ class SparseCrossAttention : public detail::CrossApproximation<SparseCrossOption
                           /*full=*/true, segment});
   }
 
+  // The images each text tile's exact plan visits, read off its text->image blocks.
   void find_visible_images() {
     std::vector<index_t> image_of_segment(static_cast<size_t>(layout_.num_segments()), -1);
     index_t images = 0;
