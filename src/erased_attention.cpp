@@ -118,18 +118,32 @@ void require_one_type(const char* who, const char* name, const std::vector<Erase
 
 }  // namespace
 
-void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
-                     const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse,
-                     bool split_kv) {
-  require_one_type("batch", "k", k);
-  require_one_type("batch", "v", v);
+namespace {
+
+// The checks and typed views every batch entry point needs: each cache list of one element type, a
+// supported mix; then f(Type<Q/O element>{}, Type<K/V element>{}, k views, v views).
+template <class F>
+void with_batch_caches(const char* who, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
+                       const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, F&& f) {
+  require_one_type(who, "k", k);
+  require_one_type(who, "v", v);
   require_supported_mix(q.type, k[0].type, v[0].type, out.type);
   with_types(q.type, k[0].type, [&](auto qo_type, auto kv_type) {
-    using TQ = typename decltype(qo_type)::type;
     using TKV = typename decltype(kv_type)::type;
     std::vector<PagedKVView<const TKV>> kv_k, kv_v;
     for (const ErasedPagedCache& c : k) kv_k.push_back(typed<TKV>(c));
     for (const ErasedPagedCache& c : v) kv_v.push_back(typed<TKV>(c));
+    f(qo_type, kv_type, kv_k, kv_v);
+  });
+}
+
+}  // namespace
+
+void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const std::vector<ErasedPagedCache>& k,
+                     const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse,
+                     bool split_kv) {
+  with_batch_caches("batch", q, k, v, out, [&](auto qo_type, auto, const auto& kv_k, const auto& kv_v) {
+    using TQ = typename decltype(qo_type)::type;
     const TensorView<const TQ> tq = typed<TQ>(q);
     if (split_kv)
       batch.forward_split_kv(tq, batch.query_offsets(), kv_k, kv_v, typed<TQ>(out), lse);
@@ -141,19 +155,14 @@ void batched_forward(const BatchedAttention& batch, const ErasedTensor& q, const
 void cascade_forward(const CascadeAttention& cascade, const ErasedTensor& q, const ErasedTensor& prefix_k,
                      const ErasedTensor& prefix_v, const std::vector<ErasedPagedCache>& k,
                      const std::vector<ErasedPagedCache>& v, const ErasedTensor& out, const LseView& lse) {
-  require_one_type("cascade", "k", k);
-  require_one_type("cascade", "v", v);
-  MMATTN_REQUIRE(prefix_k.type == k[0].type && prefix_v.type == v[0].type,
+  MMATTN_REQUIRE(!k.empty() && !v.empty() && prefix_k.type == k[0].type && prefix_v.type == v[0].type,
                  std::string("cascade: the prefix's k/v are ") + element_type_name(prefix_k.type) + "/" +
-                     element_type_name(prefix_v.type) + " but the sequences' are " + element_type_name(k[0].type) +
-                     "/" + element_type_name(v[0].type));
-  require_supported_mix(q.type, k[0].type, v[0].type, out.type);
-  with_types(q.type, k[0].type, [&](auto qo_type, auto kv_type) {
+                     element_type_name(prefix_v.type) + " but the sequences' are " +
+                     (k.empty() ? "missing" : element_type_name(k[0].type)) + "/" +
+                     (v.empty() ? "missing" : element_type_name(v[0].type)));
+  with_batch_caches("cascade", q, k, v, out, [&](auto qo_type, auto kv_type, const auto& kv_k, const auto& kv_v) {
     using TQ = typename decltype(qo_type)::type;
     using TKV = typename decltype(kv_type)::type;
-    std::vector<PagedKVView<const TKV>> kv_k, kv_v;
-    for (const ErasedPagedCache& c : k) kv_k.push_back(typed<TKV>(c));
-    for (const ErasedPagedCache& c : v) kv_v.push_back(typed<TKV>(c));
     cascade.forward(TensorView<const TQ>(typed<TQ>(q)), cascade.query_offsets(),
                     TensorView<const TKV>(typed<TKV>(prefix_k)), TensorView<const TKV>(typed<TKV>(prefix_v)), kv_k,
                     kv_v, typed<TQ>(out), lse);
