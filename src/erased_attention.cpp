@@ -116,10 +116,6 @@ void require_one_type(const char* who, const char* name, const std::vector<Erase
                        element_type_name(caches[0].type));
 }
 
-}  // namespace
-
-namespace {
-
 // The checks and typed views every batch entry point needs: each cache list of one element type, a
 // supported mix; then f(Type<Q/O element>{}, Type<K/V element>{}, k views, v views).
 template <class F>

@@ -64,10 +64,11 @@ struct Plan {
   index_t pieces(const KeyBlock& block) const {
     const index_t n = block.keys.size();
     if (n <= tiles.key) return 1;
-    // PlanBuilder refuses other long blocks; a plan filled by hand must not bring one either (a
-    // piece is a span, and a partial block's mask runs are kept per block, not per piece).
-    MMATTN_REQUIRE(block.full && block.keys.rows == 1, "plan: a block of " + std::to_string(n) +
-                                                           " keys > tiles.key must be full and one run of positions");
+    // The one check of a long block, for PlanBuilder's blocks and a plan filled by hand alike: a
+    // piece is a span, and a partial block's mask runs are kept per block, not per piece.
+    MMATTN_REQUIRE(block.full && block.keys.rows == 1,
+                   "plan: a block of " + std::to_string(n) + " keys > tiles.key (" + std::to_string(tiles.key) +
+                       ") must be full and one run of positions");
     return (n + tiles.key - 1) / tiles.key;
   }
   KeyBlock piece(const KeyBlock& block, index_t j) const {

@@ -195,10 +195,7 @@ class PlanBuilder {
 
   // A tile whose blocks the caller chose, visited in the given order.
   void add_query_tile_with(const TokenRect& queries, index_t segment, const std::vector<KeyBlock>& blocks) {
-    for (const KeyBlock& b : blocks)  // the kernels' tiles hold tiles.key keys: only a run can be cut into them
-      MMATTN_REQUIRE(b.keys.size() <= plan_.tiles.key || (b.full && b.keys.rows == 1),
-                     "plan: a block of " + std::to_string(b.keys.size()) + " keys > tiles.key (" +
-                         std::to_string(plan_.tiles.key) + ") must be full and one run of positions");
+    for (const KeyBlock& b : blocks) plan_.pieces(b);  // refuses a block the kernels cannot cut into pieces
     const auto first_block = static_cast<index_t>(plan_.blocks.size());
     plan_.blocks.insert(plan_.blocks.end(), blocks.begin(), blocks.end());
     plan_.query_tiles.push_back({queries, segment, first_block, static_cast<index_t>(plan_.blocks.size()), 0});

@@ -30,7 +30,7 @@ namespace mmattn::kernel {
 template <class QView, class KView, class VView, class TO>
 void attend_tile_eigen(const Plan& plan, const QueryTile& tile, PieceRange pieces, index_t head,
                        const AttentionConfig& cfg, const QView& q, const KView& k, const VView& v,
-                 const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
+                       const TensorView<TO>& out, const LseOut& lse, Workspace& ws) {
   const index_t rows = tile.queries.size(), dim = cfg.head_dim, kv_head = cfg.kv_head_of(head);
   ws.reserve(rows, plan.tiles.key, dim);
   const ScoreScale scaling = ScoreScale::of(cfg.resolved_scale());
